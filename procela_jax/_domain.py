@@ -1,0 +1,203 @@
+"""Value domains: what values a variable may take.
+
+A domain is static configuration (hashable, never traced). At run time it offers
+two pure functions on arrays: ``contains(x)`` (a boolean) and ``project(x)`` (the
+nearest value inside the domain), used by the out-of-domain choices of
+:class:`Variable`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+from ._errors import ModelError
+
+
+class Domain:
+    """Base class of domains. Subclasses implement ``contains`` and ``project``."""
+
+    def contains(self, x):
+        raise NotImplementedError
+
+    def project(self, x):
+        raise NotImplementedError
+
+    def contains_python(self, x: float) -> bool:
+        """``contains`` for a plain Python number, used at build time."""
+        return bool(self.contains(jnp.asarray(x, dtype=float)))
+
+    def encode(self, x):
+        """Turn a user-facing value (e.g. a category label) into its number."""
+        return x
+
+    def __and__(self, other: Domain) -> CompositeDomain:
+        return CompositeDomain(self, other)
+
+
+@dataclasses.dataclass(frozen=True)
+class RealDomain(Domain):
+    """Every real number, including the infinities; NaN is outside.
+
+    >>> import procela_jax as pj
+    >>> bool(pj.RealDomain().contains(1e30))
+    True
+    """
+
+    def contains(self, x):
+        return ~jnp.isnan(x)
+
+    def project(self, x):
+        return jnp.where(jnp.isnan(x), 0.0, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeDomain(Domain):
+    """A closed interval ``[lo, hi]``; either bound may be ``None`` (unbounded).
+
+    >>> import procela_jax as pj
+    >>> d = pj.RangeDomain(0.0, 10.0)
+    >>> bool(d.contains(10.0)), bool(d.contains(10.5)), float(d.project(12.0))
+    (True, False, 10.0)
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+
+    def __post_init__(self):
+        for label, v in (("lo", self.lo), ("hi", self.hi)):
+            if v is not None and (not isinstance(v, (int, float)) or math.isnan(v)):
+                raise ModelError(f"RangeDomain: bound {label}={v!r} must be a number or None")
+        if self.lo is not None and self.hi is not None and self.lo > self.hi:
+            raise ModelError(f"RangeDomain: lower bound {self.lo} is above upper bound {self.hi}")
+        object.__setattr__(self, "lo", None if self.lo is None else float(self.lo))
+        object.__setattr__(self, "hi", None if self.hi is None else float(self.hi))
+
+    def contains(self, x):
+        ok = ~jnp.isnan(x)
+        if self.lo is not None:
+            ok = ok & (x >= self.lo)
+        if self.hi is not None:
+            ok = ok & (x <= self.hi)
+        return ok
+
+    def project(self, x):
+        x = jnp.where(jnp.isnan(x), self.lo if self.lo is not None else 0.0, x)
+        return jnp.clip(x, self.lo, self.hi)
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalDomain(Domain):
+    """A finite set of categories.
+
+    Numeric categories are stored as they are. Labels (strings) are stored by
+    their position: a variable over ``("low", "high")`` holds ``0.0`` or ``1.0``,
+    and ``domain.encode("high") == 1``.
+
+    >>> import procela_jax as pj
+    >>> d = pj.CategoricalDomain([1, 2, 3])
+    >>> bool(d.contains(2.0)), bool(d.contains(2.5)), float(d.project(2.4))
+    (True, False, 2.0)
+    """
+
+    categories: tuple = ()
+
+    def __post_init__(self):
+        cats = tuple(self.categories)
+        if not cats:
+            raise ModelError("CategoricalDomain needs at least one category")
+        if len(set(cats)) != len(cats):
+            raise ModelError(f"CategoricalDomain: duplicate categories in {cats!r}")
+        object.__setattr__(self, "categories", cats)
+
+    @property
+    def labels(self) -> bool:
+        return not all(isinstance(c, (int, float)) for c in self.categories)
+
+    @property
+    def codes(self) -> tuple[float, ...]:
+        if self.labels:
+            return tuple(float(i) for i in range(len(self.categories)))
+        return tuple(float(c) for c in self.categories)
+
+    def encode(self, x):
+        if self.labels:
+            if x not in self.categories:
+                raise ModelError(f"{x!r} is not one of the categories {self.categories!r}")
+            return float(self.categories.index(x))
+        return x
+
+    def decode(self, code):
+        if self.labels:
+            return self.categories[int(round(float(code)))]
+        return float(code)
+
+    def contains(self, x):
+        codes = jnp.asarray(self.codes, dtype=jnp.result_type(x, float))
+        return jnp.any(x[..., None] == codes, axis=-1)
+
+    def project(self, x):
+        codes = jnp.asarray(self.codes, dtype=jnp.result_type(x, float))
+        x = jnp.where(jnp.isnan(x), codes[0], x)
+        nearest = jnp.argmin(jnp.abs(x[..., None] - codes), axis=-1)
+        return codes[nearest]
+
+
+@dataclasses.dataclass(frozen=True)
+class BooleanDomain(CategoricalDomain):
+    """``False``/``True``, held as ``0.0``/``1.0``.
+
+    >>> import procela_jax as pj
+    >>> bool(pj.BooleanDomain().contains(1.0)), bool(pj.BooleanDomain().contains(0.5))
+    (True, False)
+    """
+
+    categories: tuple = (0.0, 1.0)
+
+    def __post_init__(self):
+        object.__setattr__(self, "categories", (0.0, 1.0))
+
+    def encode(self, x):
+        return float(bool(x))
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class CompositeDomain(Domain):
+    """The intersection of several domains (``a & b`` builds one).
+
+    A value is inside when every part contains it; ``project`` applies each
+    part's projection in turn.
+
+    >>> import procela_jax as pj
+    >>> d = pj.RangeDomain(0, 10) & pj.CategoricalDomain([0, 5, 20])
+    >>> bool(d.contains(5.0)), bool(d.contains(20.0))
+    (True, False)
+    """
+
+    parts: tuple[Domain, ...]
+
+    def __init__(self, *parts: Domain | Sequence[Domain]):
+        if len(parts) == 1 and not isinstance(parts[0], Domain):
+            parts = tuple(parts[0])
+        flat: list[Domain] = []
+        for p in parts:
+            if not isinstance(p, Domain):
+                raise ModelError(f"CompositeDomain: {p!r} is not a domain")
+            flat.extend(p.parts if isinstance(p, CompositeDomain) else (p,))
+        if not flat:
+            raise ModelError("CompositeDomain needs at least one domain")
+        object.__setattr__(self, "parts", tuple(flat))
+
+    def contains(self, x):
+        ok = self.parts[0].contains(x)
+        for p in self.parts[1:]:
+            ok = ok & p.contains(x)
+        return ok
+
+    def project(self, x):
+        for p in self.parts:
+            x = p.project(x)
+        return x

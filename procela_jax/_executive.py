@@ -1,0 +1,777 @@
+"""Executive: validates a model once, then steps and runs it as pure jitted functions."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, PyTree
+
+from ._errors import ModelError
+from ._invariant import InvariantPhase, InvariantSeverity, SystemInvariant
+from ._layout import Layout
+from ._mechanism import Mechanism, stable_id
+from ._memory import SOURCE_BLEND, SOURCE_EXTERNAL, Memory
+from ._record import VariableRecord
+from ._save import Save, Trajectory, empty_trajectory, extract
+from ._state import State, commit_records
+from ._statistics import Stats
+from ._variable import Variable
+from ._view import View
+
+#: Incremented each time a step or a run is traced (tests use it to catch recompiles).
+TRACE_COUNT = {"step": 0, "run": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Static tables: which mechanism output feeds which hypothesis slot."""
+
+    prop_mech: tuple[int, ...]  # per proposal: the mechanism index
+    prop_var: tuple[int, ...]  # per proposal: the variable index
+    slot_prop: tuple[tuple[int, ...], ...]  # per variable: proposal index per slot (pad: n_props)
+    slot_mech: tuple[tuple[int, ...], ...]  # per variable: mechanism index per slot (pad: -1)
+    groups: tuple[tuple[tuple, tuple[int, ...]], ...]  # (candidate policies, variable indices)
+    mech_ids: tuple[int, ...]
+    safe: tuple[bool, ...]
+
+
+def _to_arrays(tree, dtype):
+    """Python floats become arrays of the model dtype (so new values never recompile)."""
+
+    def conv(x):
+        if isinstance(x, float):
+            return jnp.asarray(x, dtype)
+        if isinstance(x, (np.ndarray, jax.Array)) and jnp.issubdtype(x.dtype, jnp.floating):
+            return jnp.asarray(x, dtype)
+        return x
+
+    return jax.tree.map(conv, tree)
+
+
+def _as_key(key):
+    key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    if key.dtype == jnp.uint32 and key.shape[-1:] == (2,):
+        return jax.random.wrap_key_data(key)
+    raise TypeError(
+        f"expected a PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got "
+        f"an array of dtype {key.dtype} and shape {key.shape}"
+    )
+
+
+def _tree_where(pred, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _match_types(new, old, where: str):
+    """Cast a handler's output leaves to the dtypes of its input (weak types in, fine)."""
+    new_leaves, new_def = jax.tree.flatten(new)
+    old_leaves, old_def = jax.tree.flatten(old)
+    if new_def != old_def:
+        raise ModelError(f"{where} must return a State of the same structure it was given")
+    return jax.tree.unflatten(
+        old_def, [jnp.asarray(a, b.dtype).reshape(jnp.shape(b)) for a, b in zip(new_leaves, old_leaves)]
+    )
+
+
+class Executive(eqx.Module):
+    """The orchestrator: a validated model whose step and run are pure functions.
+
+    Build it once from variables, mechanisms and governance; it checks every name
+    and every mechanism's output on a trial trace and fails with an error that
+    names the culprit. The executive is a pytree: mechanism parameters (and the
+    initial values) are its array leaves, so ``eqx.filter_grad`` differentiates
+    with respect to them and ``eqx.filter_vmap`` batches them.
+
+    Arguments:
+        variables: the :class:`Variable` declarations.
+        mechanisms: the :class:`Mechanism` instances, in execution order.
+        invariants: :class:`SystemInvariant` governance units.
+        pre_step, post_step: pure hooks ``(state, step) -> state`` run at the
+            start and the end of each step (``step`` is the global step index).
+        schedule: optional pure ``schedule(view) -> bool array (n_mechanisms,)``
+            deciding which mechanisms run this step (conditional execution).
+        execution_order: optional list of mechanism names giving the order.
+        aux: initial governance state (any pytree), readable and writable as
+            ``state.aux`` from invariants and hooks.
+
+    >>> import jax, procela_jax as pj
+    >>> X = pj.Variable("X", pj.RangeDomain(-100.0, 100.0), init=1.8)
+    >>> class Drift(pj.Mechanism):
+    ...     delta: float
+    ...     def transform(self, values, key):
+    ...         return {"X": pj.VariableRecord(values["X"] + self.delta, confidence=0.5)}
+    >>> ex = pj.Executive(variables=[X], mechanisms=[Drift(delta=1.0, reads=[X], writes=[X])])
+    >>> state, traj = ex.run(ex.init(jax.random.key(0)), steps=3)
+    >>> [round(float(v), 4) for v in traj.value("X")]
+    [2.8, 3.8, 4.8]
+    """
+
+    mechanisms: tuple[Mechanism, ...]
+    init_values: Array
+    init_confidences: Array
+    aux: PyTree[Any]
+    variables: tuple[Variable, ...] = eqx.field(static=True)
+    invariants: tuple[SystemInvariant, ...] = eqx.field(static=True)
+    pre_step: Callable | None = eqx.field(static=True)
+    post_step: Callable | None = eqx.field(static=True)
+    schedule: Callable | None = eqx.field(static=True)
+    layout: Layout = eqx.field(static=True)
+    plan: _Plan = eqx.field(static=True)
+    dtype: str = eqx.field(static=True)
+
+    def __init__(
+        self,
+        variables: Sequence[Variable] = (),
+        mechanisms: Sequence[Mechanism] = (),
+        *,
+        invariants: Sequence[SystemInvariant] = (),
+        pre_step: Callable | None = None,
+        post_step: Callable | None = None,
+        schedule: Callable | None = None,
+        execution_order: Sequence[str] | None = None,
+        aux: PyTree[Any] = None,
+        dtype=None,
+    ):
+        dtype = jnp.dtype(dtype if dtype is not None else jnp.result_type(float))
+        self.dtype = dtype.name
+        variables = tuple(variables)
+        mechanisms = tuple(mechanisms)
+        invariants = tuple(invariants)
+        # ---- variables
+        for v in variables:
+            if not isinstance(v, Variable):
+                raise ModelError(f"Executive: variables must be Variable objects, got {v!r}")
+        names = [v.name for v in variables]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ModelError(f"Executive: duplicate variable names {dup}")
+        known = set(names)
+        # ---- mechanisms
+        for m in mechanisms:
+            if not isinstance(m, Mechanism):
+                raise ModelError(f"Executive: mechanisms must be Mechanism instances, got {m!r}")
+        mnames = [m.name for m in mechanisms]
+        dup = sorted({n for n in mnames if mnames.count(n) > 1})
+        if dup:
+            raise ModelError(
+                f"Executive: duplicate mechanism names {dup}; give each a unique name=..."
+            )
+        for m in mechanisms:
+            if not isinstance(m.name, str) or not m.name or "." in m.name:
+                raise ModelError(f"mechanism name {m.name!r} must be a non-empty string without '.'")
+            if not m.writes:
+                raise ModelError(f"mechanism {m.name!r} declares no variables in writes=")
+            for kind, ns in (("reads", m.reads), ("writes", m.writes)):
+                unknown = [n for n in ns if n not in known]
+                if unknown:
+                    raise ModelError(
+                        f"mechanism {m.name!r} {kind} unknown variables {unknown}; "
+                        f"the executive's variables are {names}"
+                    )
+            if len(set(m.writes)) != len(m.writes):
+                raise ModelError(f"mechanism {m.name!r} lists a variable twice in writes=")
+        if execution_order is not None:
+            order = [getattr(o, "name", o) for o in execution_order]
+            if sorted(order) != sorted(mnames):
+                raise ModelError(
+                    f"execution_order {order} must list every mechanism exactly once: {mnames}"
+                )
+            mechanisms = tuple(mechanisms[mnames.index(o)] for o in order)
+            mnames = order
+        self.mechanisms = tuple(_to_arrays(m, dtype) for m in mechanisms)
+        # ---- invariants
+        for inv in invariants:
+            if not isinstance(inv, SystemInvariant):
+                raise ModelError(f"Executive: invariants must be SystemInvariant objects, got {inv!r}")
+        inames = [i.name for i in invariants]
+        dup = sorted({n for n in inames if inames.count(n) > 1})
+        if dup:
+            raise ModelError(f"Executive: duplicate invariant names {dup}")
+        for label, fn in (("pre_step", pre_step), ("post_step", post_step), ("schedule", schedule)):
+            if fn is not None and not callable(fn):
+                raise ModelError(f"Executive: {label} must be callable, got {fn!r}")
+        self.variables = variables
+        self.invariants = invariants
+        self.pre_step = pre_step
+        self.post_step = post_step
+        self.schedule = schedule
+        self.aux = _to_arrays(aux, dtype)
+        self.init_values = jnp.asarray(np.asarray([v.init for v in variables], float), dtype)
+        self.init_confidences = jnp.asarray(
+            np.asarray([v.init_confidence for v in variables], float), dtype
+        )
+        # ---- static tables
+        index = {n: i for i, n in enumerate(names)}
+        prop_mech, prop_var = [], []
+        for mi, m in enumerate(mechanisms):
+            for w in m.writes:
+                prop_mech.append(mi)
+                prop_var.append(index[w])
+        n_props = len(prop_mech)
+        slots = [[p for p in range(n_props) if prop_var[p] == vi] for vi in range(len(variables))]
+        width = max((len(s) for s in slots), default=0)
+        slot_prop = tuple(tuple(s + [n_props] * (width - len(s))) for s in slots)
+        slot_mech = tuple(
+            tuple([prop_mech[p] for p in s] + [-1] * (width - len(s))) for s in slots
+        )
+        writable = tuple(len(s) > 0 for s in slots)
+        groups: dict = {}
+        for vi, v in enumerate(variables):
+            if writable[vi]:
+                groups.setdefault(v.policies, []).append(vi)
+        self.plan = _Plan(
+            prop_mech=tuple(prop_mech),
+            prop_var=tuple(prop_var),
+            slot_prop=slot_prop,
+            slot_mech=slot_mech,
+            groups=tuple((k, tuple(g)) for k, g in groups.items()),
+            mech_ids=tuple(stable_id(n) for n in mnames),
+            safe=tuple(m.run_in_safe_mode for m in mechanisms),
+        )
+        self.layout = Layout(
+            variables=tuple(names),
+            mechanisms=tuple(mnames),
+            invariants=tuple(inames),
+            policies=tuple(tuple(p.name for p in v.policies) for v in variables),
+            domains=tuple(v.domain for v in variables),
+            out_of_domain=tuple(v.out_of_domain for v in variables),
+            alphas=tuple(float(v.ewma_alpha) for v in variables),
+            writable=writable,
+        )
+
+    def __check_init__(self):
+        _trial_trace(self)
+
+    # ---- access ---------------------------------------------------------------
+    def mechanism(self, name) -> Mechanism:
+        """The mechanism called ``name``."""
+        return self.mechanisms[self.layout.mech(name)]
+
+    def variable(self, name) -> Variable:
+        return self.variables[self.layout.var(name)]
+
+    def get(self, path: str):
+        """A parameter by path: ``"<mechanism>.<field>"`` or ``"<variable>.init"``.
+
+        >>> import procela_jax as pj
+        >>> ex = pj.demos.sir.make_executive()
+        >>> round(float(ex.get("sir.beta")), 3)
+        0.3
+        """
+        return _getter(self, path)(self)
+
+    def replace(self, params: dict | None = None, **kwargs) -> Executive:
+        """A copy with parameters replaced, ``{"<mechanism>.<field>": value}`` (or
+        ``"<variable>.init"``). Values become arrays of the model dtype.
+
+        >>> import procela_jax as pj
+        >>> ex = pj.demos.sir.make_executive().replace({"sir.beta": 0.5})
+        >>> float(ex.get("sir.beta"))
+        0.5
+        """
+        params = dict(params or {}, **kwargs)
+        ex = self
+        for path, value in params.items():
+            getter = _getter(ex, path)
+            old = getter(ex)
+            new = jnp.asarray(value, getattr(old, "dtype", self.dtype))
+            if jnp.shape(new) != jnp.shape(old):
+                raise ModelError(
+                    f"parameter {path!r} has shape {jnp.shape(old)}, got a value of shape {jnp.shape(new)}"
+                )
+            ex = eqx.tree_at(getter, ex, new)
+        return ex
+
+    # ---- pure core ------------------------------------------------------------
+    def init(
+        self,
+        key,
+        init: dict | None = None,
+        *,
+        active_invariants=None,
+        aux: PyTree[Any] = None,
+    ) -> State:
+        """A fresh world: each variable's initial value committed as its first record.
+
+        ``init={"X": value}`` overrides initial values (arrays allowed, so it can be
+        vmapped); ``active_invariants`` (names, or ``{name: bool}``) chooses which
+        invariants watch this world; ``aux`` overrides the initial governance state.
+        """
+        return _init(self, key, init, active_invariants, aux)
+
+    def step(self, state: State) -> State:
+        """One step, jit-compiled once per model structure."""
+        return _step_jit(self, state)
+
+    def run(
+        self,
+        state: State,
+        steps: int,
+        *,
+        save: Save | None = Save(),
+        remat: bool = False,
+    ) -> tuple[State, Trajectory]:
+        """Run ``steps`` steps with ``lax.scan``; returns the final state and the trajectory.
+
+        ``save=None`` keeps only the final state. ``remat=True`` recomputes each
+        saved chunk in the backward pass (``jax.checkpoint``), so the memory of
+        gradients through long runs grows with ``steps / save.every`` only.
+        """
+        if not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        if save is not None and not isinstance(save, Save):
+            raise TypeError(f"save must be a procela_jax.Save or None, got {save!r}")
+        if save is not None and save.variables is not None:
+            for n in save.variables:
+                self.layout.var(n)
+        return _run_jit(self, state, int(steps), save, remat)
+
+    def abstract_state(self) -> State:
+        """The state's structure (shapes and dtypes), without computing anything."""
+        return jax.eval_shape(lambda ex: ex.init(jax.random.key(0)), self)
+
+    # ---- structure changes (build-time: a new executive) -----------------------
+    def rebuild(self, **changes) -> Executive:
+        """A new executive with some constructor arguments changed."""
+        args = dict(
+            variables=self.variables,
+            mechanisms=self.mechanisms,
+            invariants=self.invariants,
+            pre_step=self.pre_step,
+            post_step=self.post_step,
+            schedule=self.schedule,
+            aux=self.aux,
+            dtype=self.dtype,
+        )
+        args.update(changes)
+        return Executive(**args)
+
+    def add_mechanism(self, mechanism: Mechanism) -> Executive:
+        """A new executive with ``mechanism`` appended (carry a state over with
+        :meth:`carry_over`)."""
+        return self.rebuild(mechanisms=(*self.mechanisms, mechanism))
+
+    def remove_mechanism(self, name) -> Executive:
+        i = self.layout.mech(name)
+        return self.rebuild(mechanisms=self.mechanisms[:i] + self.mechanisms[i + 1 :])
+
+    def add_invariant(self, invariant: SystemInvariant) -> Executive:
+        return self.rebuild(invariants=(*self.invariants, invariant))
+
+    def remove_invariant(self, name) -> Executive:
+        i = self.layout.inv(name)
+        return self.rebuild(invariants=self.invariants[:i] + self.invariants[i + 1 :])
+
+    def carry_over(self, state: State) -> State:
+        """Move a state of another executive of the same variables into this one.
+
+        Values, confidences, statistics, memory, active policies, counters and the
+        key are kept; mechanisms and invariants are matched by name (new ones start
+        enabled and uncounted).
+        """
+        return _carry_over(self, state)
+
+
+# ------------------------------------------------------------------------------
+def _getter(ex: Executive, path: str):
+    if not isinstance(path, str) or path.count(".") != 1:
+        raise ModelError(f"parameter path {path!r} must look like '<mechanism>.<field>' or '<variable>.init'")
+    owner, field = path.split(".")
+    if owner in ex.layout.mech_index:
+        i = ex.layout.mech_index[owner]
+        m = ex.mechanisms[i]
+        if field not in {f.name for f in dataclasses.fields(m)} or field in (
+            "reads", "writes", "name", "run_in_safe_mode"
+        ):
+            params = [
+                f.name for f in dataclasses.fields(m)
+                if f.name not in ("reads", "writes", "name", "run_in_safe_mode")
+            ]
+            raise ModelError(f"mechanism {owner!r} has no parameter {field!r}; its parameters: {params}")
+        return lambda e: getattr(e.mechanisms[i], field)
+    if owner in ex.layout.var_index:
+        j = ex.layout.var_index[owner]
+        if field == "init":
+            return lambda e: e.init_values[j]
+        if field == "init_confidence":
+            return lambda e: e.init_confidences[j]
+        raise ModelError(f"variable {owner!r} has parameters 'init' and 'init_confidence', not {field!r}")
+    raise ModelError(
+        f"{owner!r} in {path!r} is neither a mechanism {list(ex.layout.mechanisms)} "
+        f"nor a variable {list(ex.layout.variables)}"
+    )
+
+
+def _init(ex: Executive, key, init, active_invariants, aux) -> State:
+    layout = ex.layout
+    n, m, k = len(layout.variables), len(layout.mechanisms), len(layout.invariants)
+    dtype = jnp.dtype(ex.dtype)
+    values = ex.init_values
+    if init:
+        for name, v in init.items():
+            i = layout.var(name)
+            var = ex.variables[i]
+            if isinstance(v, (int, float, str, bool)):
+                v = var.encode(v)
+            values = values.at[i].set(jnp.asarray(v, dtype))
+    if active_invariants is None:
+        inv_active = jnp.ones((k,), bool)
+    elif isinstance(active_invariants, dict):
+        inv_active = jnp.ones((k,), bool)
+        for name, on in active_invariants.items():
+            inv_active = inv_active.at[layout.inv(name)].set(on)
+    else:
+        chosen = {layout.inv(nm) for nm in active_invariants}
+        inv_active = jnp.asarray([i in chosen for i in range(k)], bool)
+    z = lambda size: jnp.zeros((size,), jnp.int32)
+    neg = lambda size: jnp.full((size,), -1, jnp.int32)
+    state = State(
+        step=jnp.asarray(0, jnp.int32),
+        key=_as_key(key),
+        values=values,
+        confidences=ex.init_confidences,
+        stats_=Stats.empty(n, dtype),
+        memory=Memory.empty(tuple(v.memory for v in ex.variables), dtype),
+        active_policy=z(n),
+        enabled=jnp.ones((m,), bool),
+        invalid_proposals=z(m),
+        invalid_first_step=neg(m),
+        domain_violations=z(n),
+        domain_first_step=neg(n),
+        violation_count=z(k),
+        violation_first_step=neg(k),
+        violation_last_step=neg(k),
+        invariant_active=inv_active,
+        safe_mode=jnp.asarray(False),
+        halted=jnp.asarray(False),
+        halted_by=jnp.asarray(-1, jnp.int32),
+        halted_at=jnp.asarray(-1, jnp.int32),
+        aux=ex.aux if aux is None else _to_arrays(aux, dtype),
+        layout=layout,
+    )
+    everything = jnp.ones((n,), bool)
+    return commit_records(
+        state, everything, everything, values, ex.init_confidences,
+        jnp.full((n,), SOURCE_EXTERNAL, jnp.int32),
+    )
+
+
+def _check_phase(ex: Executive, state: State, phase: InvariantPhase, pending=None) -> State:
+    for k, inv in enumerate(ex.invariants):
+        if inv.phase is not phase:
+            continue
+        view = View(state, pending)
+        ok = jnp.asarray(inv.condition(view))
+        if ok.shape != () :
+            raise ModelError(
+                f"invariant {inv.name!r}: condition must return one boolean, got shape {ok.shape}"
+            )
+        violated = (~ok.astype(bool)) & state.invariant_active[k] & ~state.halted
+        t = state.step
+        state = eqx.tree_at(
+            lambda s: (s.violation_count, s.violation_first_step, s.violation_last_step),
+            state,
+            (
+                state.violation_count.at[k].add(violated.astype(jnp.int32)),
+                state.violation_first_step.at[k].set(
+                    jnp.where(violated & (state.violation_first_step[k] < 0), t, state.violation_first_step[k])
+                ),
+                state.violation_last_step.at[k].set(jnp.where(violated, t, state.violation_last_step[k])),
+            ),
+        )
+        if inv.on_violation is not None:
+            handler = inv.on_violation
+
+            def apply(s, handler=handler, view=view, name=inv.name):
+                return _match_types(handler(s, view), s, f"the on_violation handler of invariant {name!r}")
+
+            state = jax.lax.cond(violated, apply, lambda s: s, state)
+        if inv.severity is InvariantSeverity.CRITICAL:
+            state = eqx.tree_at(lambda s: s.safe_mode, state, state.safe_mode | violated)
+        elif inv.severity is InvariantSeverity.FATAL:
+            first = violated & ~state.halted
+            state = eqx.tree_at(
+                lambda s: (s.halted, s.halted_by, s.halted_at),
+                state,
+                (
+                    state.halted | violated,
+                    jnp.where(first, k, state.halted_by),
+                    jnp.where(first, t, state.halted_at),
+                ),
+            )
+    return state
+
+
+def _propose(ex: Executive, state: State, step_key):
+    """Every mechanism proposes; returns flat proposal arrays and the active mask."""
+    dtype = jnp.dtype(ex.dtype)
+    plan = ex.plan
+    view = View(state)
+    pv, pc, pw = [], [], []
+    for mi, mech in enumerate(ex.mechanisms):
+        key = jax.random.fold_in(step_key, plan.mech_ids[mi])
+        out = mech.transform(view, key)
+        for name in mech.writes:
+            rec = out[name]
+            pv.append(jnp.asarray(rec.value, dtype))
+            pc.append(jnp.asarray(rec.confidence, dtype))
+            pw.append(jnp.asarray(rec.weight, dtype))
+    m = len(ex.mechanisms)
+    active = state.enabled
+    if ex.schedule is not None:
+        sched = ex.schedule(view)
+        if isinstance(sched, dict):
+            arr = jnp.ones((m,), bool)
+            for name, on in sched.items():
+                arr = arr.at[ex.layout.mech(name)].set(on)
+            sched = arr
+        active = active & jnp.asarray(sched, bool)
+    if not all(plan.safe):
+        safe = jnp.asarray(np.asarray(plan.safe))
+        active = active & (safe | ~state.safe_mode)
+    if not pv:
+        empty = jnp.zeros((0,), dtype)
+        return empty, empty, empty, jnp.zeros((0,), bool), active
+    return jnp.stack(pv), jnp.stack(pc), jnp.stack(pw), active[np.asarray(plan.prop_mech)], active
+
+
+def _step_impl(ex: Executive, state: State, retry=None) -> State:
+    layout, plan = ex.layout, ex.plan
+    n, m = len(layout.variables), len(layout.mechanisms)
+    guard = any(inv.severity is InvariantSeverity.FATAL for inv in ex.invariants)
+    start = state
+    t = state.step
+    step_key = jax.random.fold_in(state.key, t)
+    if retry is not None:
+        step_key = jax.random.fold_in(step_key, retry)
+
+    def guarded(before, after):
+        return _tree_where(before.halted, before, after) if guard else after
+
+    # 1. pre-step hook, PRE invariants
+    if ex.pre_step is not None:
+        state = guarded(state, _match_types(ex.pre_step(state, t), state, "pre_step"))
+    state = _check_phase(ex, state, InvariantPhase.PRE)
+    before = state
+    # 2. mechanisms propose (each reads the values committed at the previous step)
+    pv, pc, pw, prop_active, _ = _propose(ex, state, step_key)
+    valid = jnp.isfinite(pv) & jnp.isfinite(pc) & (pc >= 0) & (pc <= 1) & jnp.isfinite(pw) & (pw >= 0)
+    if m:
+        bad = prop_active & ~valid
+        per_mech = jax.ops.segment_sum(bad.astype(jnp.int32), np.asarray(plan.prop_mech, np.int32), m)
+        first = jnp.where((per_mech > 0) & (state.invalid_first_step < 0), t, state.invalid_first_step)
+        state = eqx.tree_at(
+            lambda s: (s.invalid_proposals, s.invalid_first_step),
+            state,
+            (state.invalid_proposals + per_mech, first),
+        )
+    pad = lambda a, fill: jnp.concatenate([a, jnp.asarray([fill], a.dtype)])
+    slot_prop = np.asarray(plan.slot_prop, np.int32).reshape(n, -1)
+    width = slot_prop.shape[1]
+    if width:
+        sv = pad(pv, 0)[slot_prop]
+        sc = pad(pc, 0)[slot_prop]
+        sw = pad(pw, 0)[slot_prop]
+        smask = pad(valid & prop_active, False)[slot_prop]
+    else:
+        sv = sc = sw = jnp.zeros((n, 0), jnp.dtype(ex.dtype))
+        smask = jnp.zeros((n, 0), bool)
+    slot_mech = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
+    pending = dict(values=sv, confidences=sc, weights=sw, mask=smask, sources=jnp.asarray(slot_mech))
+    state = guarded(before, state)
+    # 3. RUNTIME invariants see the pending hypotheses
+    state = _check_phase(ex, state, InvariantPhase.RUNTIME, pending)
+    before = state
+    # 4. resolution with each variable's active policy
+    res_v = state.values
+    res_c = state.confidences
+    winner = jnp.full((n,), -1, jnp.int32)
+    for policies, members in plan.groups:
+        idx = np.asarray(members)
+        gv, gc, gw, gm = sv[idx], sc[idx], sw[idx], smask[idx]
+        outs = [p.resolve(gv, gc, gw, gm) for p in policies]
+        if len(outs) == 1:
+            v, c, w = outs[0]
+        else:
+            choice = state.active_policy[idx]
+            pick = lambda j: jnp.select([choice == q for q in range(len(outs))], [o[j] for o in outs])
+            v, c, w = pick(0), pick(1), pick(2)
+        res_v = res_v.at[idx].set(jnp.asarray(v, res_v.dtype))
+        res_c = res_c.at[idx].set(jnp.asarray(c, res_c.dtype))
+        winner = winner.at[idx].set(jnp.asarray(w, jnp.int32))
+    has_value = jnp.any(smask, axis=-1) if width else jnp.zeros((n,), bool)
+    source = jnp.where(
+        winner >= 0,
+        jnp.take_along_axis(jnp.asarray(slot_mech), jnp.clip(winner, 0, None)[:, None], -1)[:, 0]
+        if width else SOURCE_BLEND,
+        SOURCE_BLEND,
+    )
+    # 5. domain enforcement and commit (every writable variable, even without hypotheses)
+    commit = jnp.asarray(np.asarray(layout.writable, bool))
+    state = commit_records(state, commit, has_value, res_v, res_c, source, record_step=t + 1)
+    state = guarded(before, state)
+    # 6. POST invariants, post-step hook, step + 1
+    state = _check_phase(ex, state, InvariantPhase.POST)
+    if ex.post_step is not None:
+        state = guarded(state, _match_types(ex.post_step(state, t), state, "post_step"))
+    state = guarded(state, eqx.tree_at(lambda s: s.step, state, state.step + 1))
+    if guard:
+        state = _tree_where(start.halted, start, state)
+    return state
+
+
+def _step_traced(ex, state):
+    TRACE_COUNT["step"] += 1
+    return _step_impl(ex, state)
+
+
+_step_jit = eqx.filter_jit(_step_traced)
+
+
+def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat: bool):
+    TRACE_COUNT["run"] += 1
+
+    def one(s, _):
+        return _step_impl(ex, s), None
+
+    if save is None:
+        state, _ = jax.lax.scan(one, state, None, length=steps)
+        return state, empty_trajectory(())
+    names = save.variables if save.variables is not None else ex.layout.variables
+    idx = np.asarray([ex.layout.var(nm) for nm in names], np.int32)
+    every = save.every
+    n_saves, rest = divmod(steps, every)
+
+    def chunk(s, _):
+        if every == 1:
+            s = _step_impl(ex, s)
+        else:
+            s, _ = jax.lax.scan(one, s, None, length=every)
+        extra = save.fn(s) if save.fn is not None else None
+        return s, (extract(s, idx, save.fields), s.step, extra)
+
+    if remat:
+        chunk = jax.checkpoint(chunk)
+    state, (data, steps_arr, extra) = jax.lax.scan(chunk, state, None, length=n_saves)
+    if rest:
+        state, _ = jax.lax.scan(one, state, None, length=rest)
+    return state, Trajectory(data=data, steps=steps_arr, extra=extra, names=tuple(names))
+
+
+_run_jit = eqx.filter_jit(_run_impl)
+
+
+def _trial_trace(ex: Executive) -> None:
+    """Trace each mechanism, invariant and hook once on abstract values; name the culprit."""
+    state = jax.eval_shape(lambda e: e.init(jax.random.key(0)), ex)
+    layout = ex.layout
+
+    for mech in ex.mechanisms:
+        allowed = set(mech.reads) | set(mech.writes)
+
+        def call(mech_, st, allowed=allowed):
+            view = View(st, allowed=allowed)
+            out = mech_.transform(view, jax.random.key(0))
+            return out, view.accessed
+
+        try:
+            holder = {}
+
+            def fn(mech_, st):
+                out, accessed = call(mech_, st)
+                holder["accessed"] = accessed
+                return out
+
+            out = jax.eval_shape(fn, mech, state)
+        except KeyError as e:
+            raise ModelError(f"mechanism {mech.name!r} failed on a trial step: {e.args[0]}") from None
+        except Exception as e:  # noqa: BLE001 - re-raised with the mechanism's name
+            raise ModelError(
+                f"mechanism {mech.name!r} failed on a trial step: {type(e).__name__}: {e}"
+            ) from e
+        if holder.get("accessed"):
+            raise ModelError(
+                f"mechanism {mech.name!r} reads {sorted(holder['accessed'])} but declares "
+                f"reads={list(mech.reads)}; add them to reads="
+            )
+        if not isinstance(out, dict):
+            raise ModelError(
+                f"mechanism {mech.name!r}: transform must return a dict "
+                f"{{variable name: VariableRecord}}, got {type(out).__name__}"
+            )
+        keys = {getattr(k, "name", k) for k in out}
+        missing = sorted(set(mech.writes) - keys)
+        extra = sorted(keys - set(mech.writes))
+        if missing or extra:
+            raise ModelError(
+                f"mechanism {mech.name!r} must return one record for each variable it writes "
+                f"{list(mech.writes)}; missing {missing}, unexpected {extra}"
+            )
+        for k, rec in out.items():
+            if not isinstance(rec, VariableRecord):
+                raise ModelError(
+                    f"mechanism {mech.name!r} returned {type(rec).__name__} for {k!r}; "
+                    "return a procela_jax.VariableRecord(value, confidence=...)"
+                )
+            for field in ("value", "confidence", "weight"):
+                shape = jnp.shape(getattr(rec, field))
+                if shape != ():
+                    raise ModelError(
+                        f"mechanism {mech.name!r}: the {field} proposed for {k!r} must be a "
+                        f"scalar, got shape {shape}"
+                    )
+    # every hook, invariant and the schedule, through one abstract step
+    try:
+        jax.eval_shape(_step_impl, ex, state)
+    except ModelError:
+        raise
+    except KeyError as e:
+        raise ModelError(f"a governance function failed on a trial step: {e.args[0]}") from None
+    _ = layout
+
+
+def _carry_over(ex: Executive, old: State) -> State:
+    new = ex.init(old.key)
+    ol, nl = old.layout, ex.layout
+    if ol.variables != nl.variables:
+        raise ModelError(
+            f"carry_over needs the same variables in the same order; had {list(ol.variables)}, "
+            f"now {list(nl.variables)}"
+        )
+    mech_map = [(nl.mech_index[n], ol.mech_index[n]) for n in nl.mechanisms if n in ol.mech_index]
+    inv_map = [(nl.inv_index[n], ol.inv_index[n]) for n in nl.invariants if n in ol.inv_index]
+
+    def remap(new_arr, old_arr, pairs):
+        for a, b in pairs:
+            new_arr = new_arr.at[a].set(old_arr[b])
+        return new_arr
+
+    return eqx.tree_at(
+        lambda s: (
+            s.step, s.key, s.values, s.confidences, s.stats_, s.memory, s.active_policy,
+            s.domain_violations, s.domain_first_step, s.safe_mode, s.halted, s.halted_at, s.aux,
+            s.enabled, s.invalid_proposals, s.invalid_first_step,
+            s.violation_count, s.violation_first_step, s.violation_last_step, s.invariant_active,
+        ),
+        new,
+        (
+            old.step, old.key, old.values, old.confidences, old.stats_, old.memory, old.active_policy,
+            old.domain_violations, old.domain_first_step, old.safe_mode, old.halted, old.halted_at,
+            old.aux if jax.tree.structure(old.aux) == jax.tree.structure(new.aux) else new.aux,
+            remap(new.enabled, old.enabled, mech_map),
+            remap(new.invalid_proposals, old.invalid_proposals, mech_map),
+            remap(new.invalid_first_step, old.invalid_first_step, mech_map),
+            remap(new.violation_count, old.violation_count, inv_map),
+            remap(new.violation_first_step, old.violation_first_step, inv_map),
+            remap(new.violation_last_step, old.violation_last_step, inv_map),
+            remap(new.invariant_active, old.invariant_active, inv_map),
+        ),
+    )

@@ -1,0 +1,113 @@
+"""Save and Trajectory: what a run keeps, chosen rather than accidental."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from ._errors import ModelError
+
+FIELDS = ("value", "confidence", "mean", "std", "ewma", "min", "max", "count", "policy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Save:
+    """What :meth:`Executive.run` keeps.
+
+    Arguments:
+        every: keep every ``every``-th step (row ``i`` is the state after step
+            ``(i + 1) * every``).
+        variables: names to keep (default: all).
+        fields: per-variable fields among ``value, confidence, mean, std, ewma,
+            min, max, count, policy``.
+        fn: optional ``fn(state) -> pytree`` of further quantities to keep.
+
+    Memory: ``steps // every * len(variables) * len(fields)`` numbers (plus
+    ``fn``'s output) per scenario.
+
+    >>> import procela_jax as pj
+    >>> pj.Save(every=7, variables=("I",), fields=("value",))
+    Save(every=7, variables=('I',), fields=('value',), fn=None)
+    """
+
+    every: int = 1
+    variables: tuple[str, ...] | None = None
+    fields: tuple[str, ...] = ("value", "confidence")
+    fn: Callable | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.every, int) or self.every < 1:
+            raise ModelError(f"Save: every must be a positive int, got {self.every!r}")
+        if self.variables is not None:
+            object.__setattr__(self, "variables", tuple(getattr(v, "name", v) for v in self.variables))
+        fields = (self.fields,) if isinstance(self.fields, str) else tuple(self.fields)
+        bad = [f for f in fields if f not in FIELDS]
+        if bad:
+            raise ModelError(f"Save: unknown fields {bad}; choose among {FIELDS}")
+        object.__setattr__(self, "fields", fields)
+
+
+def extract(state, names_idx, fields):
+    """The saved quantities of one state, as a dict field -> array (n_selected,)."""
+    out = {}
+    st = state.stats_
+    for f in fields:
+        if f == "value":
+            a = state.values
+        elif f == "confidence":
+            a = state.confidences
+        elif f == "policy":
+            a = state.active_policy
+        elif f == "count":
+            a = st.count
+        elif f == "mean":
+            a = st.mean
+        elif f == "std":
+            a = st.std
+        elif f == "ewma":
+            a = st.ewma
+        elif f == "min":
+            a = st.min
+        elif f == "max":
+            a = st.max
+        out[f] = a[..., names_idx]
+    return out
+
+
+class Trajectory(eqx.Module):
+    """What a run kept: ``traj.value("X")`` has shape ``(..., n_saved)``.
+
+    Row ``i`` is the state after step ``(i + 1) * every`` of the run (leading
+    axes are scenario axes of a batched run). ``traj.steps`` gives the global
+    step of each row; ``traj.extra`` holds the output of ``Save.fn``.
+    """
+
+    data: dict[str, Array]
+    steps: Array
+    extra: object
+    names: tuple[str, ...] = eqx.field(static=True)
+
+    def field(self, name, field: str) -> Array:
+        name = getattr(name, "name", name)
+        if field not in self.data:
+            raise KeyError(f"field {field!r} was not saved; saved fields: {list(self.data)}")
+        if name not in self.names:
+            raise KeyError(f"variable {name!r} was not saved; saved variables: {list(self.names)}")
+        return self.data[field][..., self.names.index(name)]
+
+    def value(self, name) -> Array:
+        return self.field(name, "value")
+
+    def confidence(self, name) -> Array:
+        return self.field(name, "confidence")
+
+    def __len__(self):
+        return int(self.steps.shape[-1]) if self.steps.ndim else 0
+
+
+def empty_trajectory(names):
+    return Trajectory(data={}, steps=jnp.zeros((0,), jnp.int32), extra=None, names=tuple(names))

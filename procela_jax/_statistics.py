@@ -1,0 +1,103 @@
+"""Running statistics of a variable's committed records (the original's definitions)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+
+class Stats(eqx.Module):
+    """Running statistics of the records committed to a variable.
+
+    Fields are arrays (one entry per variable in the state; scalars from
+    ``state.stats(name)``). Definitions follow the original ``procela``:
+    ``count`` counts every commit, including steps where no hypothesis was
+    resolved (those change nothing else); ``mean = sum / count``;
+    ``std`` is the population standard deviation ``sqrt(max(0, sumsq/count - mean²))``
+    and NaN while ``count < 2`` (the original's ``None``); ``ewma`` starts at the
+    first value and then follows ``alpha * x + (1 - alpha) * ewma``;
+    ``confidence = confidence_sum / count`` is the mean confidence over the history
+    (the state's ``confidence(name)`` is that of the latest record).
+
+    >>> import jax, procela_jax as pj
+    >>> ex = pj.Executive(variables=[pj.Variable("X", init=4.0)], mechanisms=[])
+    >>> s = ex.init(jax.random.key(0)).stats("X")
+    >>> int(s.count), float(s.mean), float(s.ewma)
+    (1, 4.0, 4.0)
+    """
+
+    count: Array
+    sum: Array
+    sumsq: Array
+    min: Array
+    max: Array
+    last: Array
+    ewma: Array
+    confidence_sum: Array
+
+    @classmethod
+    def empty(cls, n: int, dtype) -> Stats:
+        z = jnp.zeros((n,), dtype)
+        return cls(
+            count=jnp.zeros((n,), jnp.int32),
+            sum=z,
+            sumsq=z,
+            min=jnp.full((n,), jnp.inf, dtype),
+            max=jnp.full((n,), -jnp.inf, dtype),
+            last=jnp.full((n,), jnp.nan, dtype),
+            ewma=jnp.full((n,), jnp.nan, dtype),
+            confidence_sum=z,
+        )
+
+    def update(self, commit, numeric, value, confidence, alpha, one_minus_alpha) -> Stats:
+        """Commit a record where ``commit``; ``numeric`` marks commits that carry a value
+        (the others are the original's ``None`` conclusions: count only)."""
+        upd = commit & numeric
+        first = self.count == 0
+        x = jnp.where(upd, value, 0)
+        ewma = jnp.where(first, x, alpha * x + one_minus_alpha * jnp.where(first, 0, self.ewma))
+        return Stats(
+            count=self.count + commit.astype(self.count.dtype),
+            sum=jnp.where(upd, self.sum + x, self.sum),
+            sumsq=jnp.where(upd, self.sumsq + x**2, self.sumsq),
+            min=jnp.where(upd, jnp.minimum(self.min, x), self.min),
+            max=jnp.where(upd, jnp.maximum(self.max, x), self.max),
+            last=jnp.where(upd, x, self.last),
+            ewma=jnp.where(upd, ewma, self.ewma),
+            confidence_sum=jnp.where(upd, self.confidence_sum + confidence, self.confidence_sum),
+        )
+
+    def __getitem__(self, i) -> Stats:
+        return Stats(*(getattr(self, f)[..., i] for f in _FIELDS))
+
+    @property
+    def mean(self) -> Array:
+        c = self.count.astype(self.sum.dtype)
+        return jnp.where(self.count > 0, self.sum / jnp.where(self.count > 0, c, 1), jnp.nan)
+
+    @property
+    def variance(self) -> Array:
+        c = jnp.where(self.count > 0, self.count, 1).astype(self.sum.dtype)
+        mean = self.sum / c
+        var = jnp.maximum(self.sumsq / c - mean**2, 0.0)
+        return jnp.where(self.count >= 2, var, jnp.nan)
+
+    @property
+    def std(self) -> Array:
+        var = self.variance
+        ok = self.count >= 2
+        return jnp.where(ok, jnp.sqrt(jnp.where(ok, var, 1.0)), jnp.nan)
+
+    @property
+    def confidence(self) -> Array:
+        c = jnp.where(self.count > 0, self.count, 1).astype(self.confidence_sum.dtype)
+        return jnp.where(self.count > 0, self.confidence_sum / c, jnp.nan)
+
+    @property
+    def value(self) -> Array:
+        """The last committed value."""
+        return self.last
+
+
+_FIELDS = ("count", "sum", "sumsq", "min", "max", "last", "ewma", "confidence_sum")

@@ -1,0 +1,3 @@
+"""Built-in demo models."""
+
+from . import sir as sir

@@ -17,6 +17,7 @@ from ._domain import (
 )
 from ._errors import (
     CheckpointError as CheckpointError,
+    EventHandlerError as EventHandlerError,
     InvalidProposalError as InvalidProposalError,
     InvariantViolation as InvariantViolation,
     InvariantViolationFatal as InvariantViolationFatal,
@@ -26,6 +27,7 @@ from ._executive import Executive as Executive
 from ._invariant import (
     InvariantPhase as InvariantPhase,
     InvariantSeverity as InvariantSeverity,
+    InvariantSoftness as InvariantSoftness,
     SystemInvariant as SystemInvariant,
 )
 from ._mechanism import Mechanism as Mechanism
@@ -46,8 +48,9 @@ from ._policy import (
     WeightedVotingPolicy as WeightedVotingPolicy,
 )
 from ._record import VariableRecord as VariableRecord
+from ._recovery import FailureLog as FailureLog, Recovery as Recovery
 from ._save import Save as Save, Trajectory as Trajectory
-from ._simulation import Simulation as Simulation
+from ._simulation import Checkpoint as Checkpoint, Simulation as Simulation
 from ._state import State as State
 from ._statistics import Stats as Stats
 from ._timer import Timer as Timer

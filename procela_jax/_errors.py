@@ -42,3 +42,8 @@ class InvariantViolation(RuntimeError):
 
 class InvariantViolationFatal(InvariantViolation):
     """A FATAL invariant halted the world."""
+
+
+class EventHandlerError(RuntimeError):
+    """An event handler registered with ``Simulation.on`` raised; the simulation's
+    state is kept as it was after the steps already run."""

@@ -13,7 +13,14 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ._errors import ModelError
-from ._invariant import InvariantPhase, InvariantSeverity, SystemInvariant
+from ._invariant import InvariantPhase, InvariantSeverity, InvariantSoftness, SystemInvariant
+from ._recovery import (
+    FAILURE_INVALID_PROPOSAL,
+    FAILURE_INVARIANT,
+    FAILURE_NON_FINITE,
+    FailureLog,
+    Recovery,
+)
 from ._layout import Layout
 from ._mechanism import Mechanism, stable_id
 from ._memory import SOURCE_BLEND, SOURCE_EXTERNAL, Memory
@@ -101,6 +108,12 @@ class Executive(eqx.Module):
         execution_order: optional list of mechanism names giving the order.
         aux: initial governance state (any pytree), readable and writable as
             ``state.aux`` from invariants and hooks.
+        recovery: a :class:`Recovery` to retry or roll back failed steps.
+        audit: keep the last step's hypotheses in ``state.audit`` (save them
+            per step with ``Save(audit=True)``).
+        failure_log_size: capacity of the bounded failure log ``state.failures``.
+        dtype: float dtype of all values (default float32, or float64 when
+            ``jax_enable_x64`` is on when the executive is built).
 
     >>> import jax, procela_jax as pj
     >>> X = pj.Variable("X", pj.RangeDomain(-100.0, 100.0), init=1.8)
@@ -123,6 +136,9 @@ class Executive(eqx.Module):
     pre_step: Callable | None = eqx.field(static=True)
     post_step: Callable | None = eqx.field(static=True)
     schedule: Callable | None = eqx.field(static=True)
+    recovery: Recovery | None = eqx.field(static=True)
+    audit: bool = eqx.field(static=True)
+    failure_log_size: int = eqx.field(static=True)
     layout: Layout = eqx.field(static=True)
     plan: _Plan = eqx.field(static=True)
     dtype: str = eqx.field(static=True)
@@ -138,6 +154,9 @@ class Executive(eqx.Module):
         schedule: Callable | None = None,
         execution_order: Sequence[str] | None = None,
         aux: PyTree[Any] = None,
+        recovery: Recovery | None = None,
+        audit: bool = False,
+        failure_log_size: int = 16,
         dtype=None,
     ):
         dtype = jnp.dtype(dtype if dtype is not None else jnp.result_type(float))
@@ -198,6 +217,13 @@ class Executive(eqx.Module):
         for label, fn in (("pre_step", pre_step), ("post_step", post_step), ("schedule", schedule)):
             if fn is not None and not callable(fn):
                 raise ModelError(f"Executive: {label} must be callable, got {fn!r}")
+        if recovery is not None and not isinstance(recovery, Recovery):
+            raise ModelError(f"Executive: recovery must be a procela_jax.Recovery, got {recovery!r}")
+        if not isinstance(failure_log_size, int) or failure_log_size < 0:
+            raise ModelError(f"Executive: failure_log_size must be a non-negative int, got {failure_log_size!r}")
+        self.recovery = recovery
+        self.audit = bool(audit)
+        self.failure_log_size = failure_log_size
         self.variables = variables
         self.invariants = invariants
         self.pre_step = pre_step
@@ -349,6 +375,9 @@ class Executive(eqx.Module):
             post_step=self.post_step,
             schedule=self.schedule,
             aux=self.aux,
+            recovery=self.recovery,
+            audit=self.audit,
+            failure_log_size=self.failure_log_size,
             dtype=self.dtype,
         )
         args.update(changes)
@@ -442,6 +471,7 @@ def _init(ex: Executive, key, init, active_invariants, aux) -> State:
         memory=Memory.empty(tuple(v.memory for v in ex.variables), dtype),
         active_policy=z(n),
         enabled=jnp.ones((m,), bool),
+        proposed=jnp.zeros((m,), bool),
         invalid_proposals=z(m),
         invalid_first_step=neg(m),
         domain_violations=z(n),
@@ -454,6 +484,8 @@ def _init(ex: Executive, key, init, active_invariants, aux) -> State:
         halted=jnp.asarray(False),
         halted_by=jnp.asarray(-1, jnp.int32),
         halted_at=jnp.asarray(-1, jnp.int32),
+        failures=FailureLog.empty(ex.failure_log_size),
+        audit=_empty_audit(ex) if ex.audit else None,
         aux=ex.aux if aux is None else _to_arrays(aux, dtype),
         layout=layout,
     )
@@ -461,6 +493,19 @@ def _init(ex: Executive, key, init, active_invariants, aux) -> State:
     return commit_records(
         state, everything, everything, values, ex.init_confidences,
         jnp.full((n,), SOURCE_EXTERNAL, jnp.int32),
+    )
+
+
+def _empty_audit(ex: Executive) -> dict:
+    n = len(ex.layout.variables)
+    width = len(ex.plan.slot_prop[0]) if n else 0
+    dtype = jnp.dtype(ex.dtype)
+    return dict(
+        values=jnp.zeros((n, width), dtype),
+        confidences=jnp.zeros((n, width), dtype),
+        weights=jnp.zeros((n, width), dtype),
+        mask=jnp.zeros((n, width), bool),
+        source=jnp.full((n,), -3, jnp.int32),
     )
 
 
@@ -494,6 +539,8 @@ def _check_phase(ex: Executive, state: State, phase: InvariantPhase, pending=Non
                 return _match_types(handler(s, view), s, f"the on_violation handler of invariant {name!r}")
 
             state = jax.lax.cond(violated, apply, lambda s: s, state)
+        if inv.softness is InvariantSoftness.SOFT:
+            continue
         if inv.severity is InvariantSeverity.CRITICAL:
             state = eqx.tree_at(lambda s: s.safe_mode, state, state.safe_mode | violated)
         elif inv.severity is InvariantSeverity.FATAL:
@@ -562,7 +609,8 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     state = _check_phase(ex, state, InvariantPhase.PRE)
     before = state
     # 2. mechanisms propose (each reads the values committed at the previous step)
-    pv, pc, pw, prop_active, _ = _propose(ex, state, step_key)
+    pv, pc, pw, prop_active, mech_active = _propose(ex, state, step_key)
+    state = eqx.tree_at(lambda s: s.proposed, state, mech_active)
     valid = jnp.isfinite(pv) & jnp.isfinite(pc) & (pc >= 0) & (pc <= 1) & jnp.isfinite(pw) & (pw >= 0)
     if m:
         bad = prop_active & ~valid
@@ -617,6 +665,10 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     # 5. domain enforcement and commit (every writable variable, even without hypotheses)
     commit = jnp.asarray(np.asarray(layout.writable, bool))
     state = commit_records(state, commit, has_value, res_v, res_c, source, record_step=t + 1)
+    if ex.audit:
+        audit = dict(values=sv, confidences=sc, weights=sw, mask=smask,
+                     source=jnp.where(has_value, source, -3).astype(jnp.int32))
+        state = eqx.tree_at(lambda s: s.audit, state, audit)
     state = guarded(before, state)
     # 6. POST invariants, post-step hook, step + 1
     state = _check_phase(ex, state, InvariantPhase.POST)
@@ -628,9 +680,69 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     return state
 
 
+def _failure(ex: Executive, before: State, after: State):
+    """Did the step from ``before`` to ``after`` fail? Returns (failed, kind, who)."""
+    m = len(ex.layout.mechanisms)
+    failed = jnp.asarray(False)
+    kind = jnp.asarray(0, jnp.int32)
+    who = jnp.asarray(-1, jnp.int32)
+    checks = []
+    if m:
+        new_invalid = after.invalid_proposals > before.invalid_proposals
+        checks.append((FAILURE_INVALID_PROPOSAL, new_invalid))
+    writable = np.asarray(ex.layout.writable, bool)
+    checks.append((FAILURE_NON_FINITE, ~jnp.isfinite(after.values) & writable))
+    rb = np.asarray([inv.rollback for inv in ex.invariants], bool)
+    if rb.any():
+        checks.append((FAILURE_INVARIANT, (after.violation_count > before.violation_count) & rb))
+    for code, mask in reversed(checks):  # the first check wins
+        hit = jnp.any(mask)
+        kind = jnp.where(hit, code, kind)
+        who = jnp.where(hit, jnp.argmax(mask).astype(jnp.int32), who)
+        failed = failed | hit
+    return failed & ~before.halted, kind, who
+
+
+def _recovering_step(ex: Executive, state: State) -> State:
+    """A step with retries and rollback (an executive with ``recovery``)."""
+    rec = ex.recovery
+    cand = _step_impl(ex, state)
+    failed, kind, who = _failure(ex, state, cand)
+    attempts = jnp.asarray(1, jnp.int32)
+    for r in range(1, rec.retries + 1):
+        def retry(_, r=r):
+            return _step_impl(ex, state, retry=r)
+
+        again = jax.lax.cond(failed, retry, lambda c: c, cand)
+        attempts = attempts + failed.astype(jnp.int32)
+        cand = again
+        still, _, _ = _failure(ex, state, cand)
+        failed = failed & still
+    # every attempt failed: keep the previous world, skip the step, keep the counters
+    rolled = eqx.tree_at(
+        lambda s: (s.step, s.invalid_proposals, s.invalid_first_step, s.violation_count,
+                   s.violation_first_step, s.violation_last_step, s.safe_mode, s.halted,
+                   s.halted_by, s.halted_at),
+        state,
+        (state.step + 1, cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
+         cand.violation_first_step, cand.violation_last_step, cand.safe_mode, cand.halted,
+         cand.halted_by, cand.halted_at),
+    )
+    out = _tree_where(failed, rolled, cand)
+    first_failed = (attempts > 1) | failed
+    log = out.failures.record(first_failed, state.step, kind, who, attempts, failed)
+    return eqx.tree_at(lambda s: s.failures, out, log)
+
+
+def _advance(ex: Executive, state: State) -> State:
+    if ex.recovery is not None:
+        return _recovering_step(ex, state)
+    return _step_impl(ex, state)
+
+
 def _step_traced(ex, state):
     TRACE_COUNT["step"] += 1
-    return _step_impl(ex, state)
+    return _advance(ex, state)
 
 
 _step_jit = eqx.filter_jit(_step_traced)
@@ -640,7 +752,7 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
     TRACE_COUNT["run"] += 1
 
     def one(s, _):
-        return _step_impl(ex, s), None
+        return _advance(ex, s), None
 
     if save is None:
         state, _ = jax.lax.scan(one, state, None, length=steps)
@@ -652,11 +764,16 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
 
     def chunk(s, _):
         if every == 1:
-            s = _step_impl(ex, s)
+            s = _advance(ex, s)
         else:
             s, _ = jax.lax.scan(one, s, None, length=every)
         extra = save.fn(s) if save.fn is not None else None
-        return s, (extract(s, idx, save.fields), s.step, extra)
+        data = extract(s, idx, save.fields)
+        if save.audit:
+            if s.audit is None:
+                raise ModelError("Save(audit=True) needs an executive built with audit=True")
+            data["audit"] = {k: v[idx] for k, v in s.audit.items()}
+        return s, (data, s.step, extra)
 
     if remat:
         chunk = jax.checkpoint(chunk)
@@ -730,7 +847,7 @@ def _trial_trace(ex: Executive) -> None:
                     )
     # every hook, invariant and the schedule, through one abstract step
     try:
-        jax.eval_shape(_step_impl, ex, state)
+        jax.eval_shape(_advance, ex, state)
     except ModelError:
         raise
     except KeyError as e:
@@ -760,6 +877,7 @@ def _carry_over(ex: Executive, old: State) -> State:
             s.domain_violations, s.domain_first_step, s.safe_mode, s.halted, s.halted_at, s.aux,
             s.enabled, s.invalid_proposals, s.invalid_first_step,
             s.violation_count, s.violation_first_step, s.violation_last_step, s.invariant_active,
+            s.failures,
         ),
         new,
         (
@@ -773,5 +891,6 @@ def _carry_over(ex: Executive, old: State) -> State:
             remap(new.violation_first_step, old.violation_first_step, inv_map),
             remap(new.violation_last_step, old.violation_last_step, inv_map),
             remap(new.invariant_active, old.invariant_active, inv_map),
+            old.failures if old.failures.step.shape == new.failures.step.shape else new.failures,
         ),
     )

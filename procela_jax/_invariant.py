@@ -37,13 +37,23 @@ class InvariantSeverity(enum.Enum):
     FATAL = "fatal"
 
 
+class InvariantSoftness(enum.Enum):
+    """``HARD`` invariants act on their severity; ``SOFT`` ones are only counted and
+    their handler applied (the original's SOFT never raises, whatever the severity)."""
+
+    HARD = "hard"
+    SOFT = "soft"
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class SystemInvariant:
     """An invariant: ``condition(snapshot)`` must hold; when it does not, the
     violation is counted and ``on_violation(state, snapshot) -> state`` is applied.
 
     Both functions are pure and traced into the step. Defaults follow the
-    original: ``phase=RUNTIME``, ``severity=CRITICAL``.
+    original: ``phase=RUNTIME``, ``severity=CRITICAL``, ``softness=HARD``.
+    ``rollback=True`` makes a violation a failure of the step, which an executive
+    with a :class:`Recovery` retries or rolls back.
 
     >>> import procela_jax as pj
     >>> inv = pj.SystemInvariant("bounded", lambda snap: snap["X"] < 10.0,
@@ -58,6 +68,7 @@ class SystemInvariant:
     phase: InvariantPhase = InvariantPhase.RUNTIME
     severity: InvariantSeverity = InvariantSeverity.CRITICAL
     message: str = ""
+    softness: InvariantSoftness = InvariantSoftness.HARD
     rollback: bool = False
 
     def __post_init__(self):
@@ -72,6 +83,10 @@ class SystemInvariant:
         if not isinstance(self.severity, InvariantSeverity):
             raise ModelError(
                 f"invariant {self.name!r}: severity must be an InvariantSeverity, got {self.severity!r}"
+            )
+        if not isinstance(self.softness, InvariantSoftness):
+            raise ModelError(
+                f"invariant {self.name!r}: softness must be an InvariantSoftness, got {self.softness!r}"
             )
         if not self.message:
             object.__setattr__(self, "message", f"Invariant violated: {self.name}")

@@ -25,19 +25,24 @@ class Save:
         fields: per-variable fields among ``value, confidence, mean, std, ewma,
             min, max, count, policy``.
         fn: optional ``fn(state) -> pytree`` of further quantities to keep.
+        audit: keep every hypothesis of each saved step (value, confidence,
+            weight, mask, and the deciding source); needs ``Executive(audit=True)``.
+            Read it with ``traj.hypotheses(name)``.
 
     Memory: ``steps // every * len(variables) * len(fields)`` numbers (plus
-    ``fn``'s output) per scenario.
+    ``fn``'s output, plus ``4 * n_slots + 1`` per variable with ``audit``) per
+    scenario.
 
     >>> import procela_jax as pj
     >>> pj.Save(every=7, variables=("I",), fields=("value",))
-    Save(every=7, variables=('I',), fields=('value',), fn=None)
+    Save(every=7, variables=('I',), fields=('value',), fn=None, audit=False)
     """
 
     every: int = 1
     variables: tuple[str, ...] | None = None
     fields: tuple[str, ...] = ("value", "confidence")
     fn: Callable | None = None
+    audit: bool = False
 
     def __post_init__(self):
         if not isinstance(self.every, int) or self.every < 1:
@@ -93,7 +98,7 @@ class Trajectory(eqx.Module):
 
     def field(self, name, field: str) -> Array:
         name = getattr(name, "name", name)
-        if field not in self.data:
+        if field not in self.data or field == "audit":
             raise KeyError(f"field {field!r} was not saved; saved fields: {list(self.data)}")
         if name not in self.names:
             raise KeyError(f"variable {name!r} was not saved; saved variables: {list(self.names)}")
@@ -101,6 +106,18 @@ class Trajectory(eqx.Module):
 
     def value(self, name) -> Array:
         return self.field(name, "value")
+
+    def hypotheses(self, name) -> dict[str, Array]:
+        """The saved hypotheses of a variable: ``values, confidences, weights, mask``
+        of shape ``(..., n_saved, n_slots)`` (slots in mechanism order) and
+        ``source`` ``(..., n_saved)``: the mechanism index that decided the value,
+        or -1 (a blend), -3 (no valid hypothesis)."""
+        name = getattr(name, "name", name)
+        if "audit" not in self.data:
+            raise KeyError("hypotheses were not saved; run with save=Save(audit=True)")
+        j = self.names.index(name)
+        return {k: v[..., j, :] if v.ndim >= 2 and k != "source" else v[..., j]
+                for k, v in self.data["audit"].items()}
 
     def confidence(self, name) -> Array:
         return self.field(name, "confidence")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 import warnings
 
 import jax
 import numpy as np
 
-from ._errors import InvalidProposalError, InvariantViolationFatal
+from ._errors import EventHandlerError, InvalidProposalError, InvariantViolationFatal
 from ._executive import Executive
 from ._save import Save
 from ._state import State
+
+
+EVENTS = ("pre_step", "post_mechanism", "post_resolution", "post_step", "error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,15 @@ class Simulation:
     (:class:`InvariantViolationFatal`) or invalid proposals
     (:class:`InvalidProposalError`); out-of-domain events raise a warning.
     ``history(name)`` starts with the initial value (the first record).
+
+    Events: ``sim.on(event, handler)`` for ``pre_step(step)``,
+    ``post_mechanism(name, step)`` (each mechanism that proposed),
+    ``post_resolution(values, step)`` (a dict of the committed values),
+    ``post_step(step)`` and ``error(exception, step)``. They are delivered on the
+    host between jitted chunks of ``chunk`` steps, in step order, so the compiled
+    core never waits for Python; handlers observe, they cannot change the world
+    (use hooks and invariants for that). An exception in a handler is re-raised
+    as :class:`EventHandlerError` after the ``error`` handlers saw it.
 
     >>> import procela_jax as pj
     >>> sim = pj.Simulation(pj.demos.sir.make_executive(), seed=0)
@@ -50,7 +63,46 @@ class Simulation:
         self.seed = seed
         self.chunk = chunk
         self._init = init
+        self._handlers: dict[str, list] = {e: [] for e in EVENTS}
+        self.timings: list[tuple[int, float]] = []
         self.reset()
+
+    # ---- events ----------------------------------------------------------------
+    def on(self, event: str, handler) -> None:
+        """Register ``handler`` for ``event`` (one of ``EVENTS``)."""
+        if event not in self._handlers:
+            raise ValueError(f"unknown event {event!r}; events are {list(EVENTS)}")
+        if not callable(handler):
+            raise TypeError(f"handler for {event!r} must be callable, got {handler!r}")
+        self._handlers[event].append(handler)
+
+    def _emit(self, event, *args):
+        for handler in self._handlers[event]:
+            try:
+                handler(*args)
+            except Exception as e:  # noqa: BLE001 - reported, then re-raised
+                if event != "error":
+                    self._emit("error", e, args[-1])
+                raise EventHandlerError(
+                    f"the {event!r} handler {getattr(handler, '__name__', handler)!r} raised "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+
+    def _deliver(self, traj) -> None:
+        if not any(self._handlers[e] for e in EVENTS if e != "error"):
+            return
+        names = self.state.layout.variables
+        mechs = self.state.layout.mechanisms
+        values = np.asarray(traj.data["value"])
+        proposed = np.asarray(traj.extra)
+        steps = np.asarray(traj.steps)
+        for row, after in enumerate(steps):
+            t = int(after) - 1
+            self._emit("pre_step", t)
+            for j in np.flatnonzero(proposed[row]):
+                self._emit("post_mechanism", mechs[j], t)
+            self._emit("post_resolution", dict(zip(names, values[row].tolist())), t)
+            self._emit("post_step", t)
 
     # ---- lifecycle -------------------------------------------------------------
     def reset(self) -> None:
@@ -70,22 +122,31 @@ class Simulation:
 
             bar = tqdm(total=int(steps), unit="step", desc="simulating")
         left = int(steps)
-        save = Save(every=1, fields=("value", "confidence"))
+        save = Save(every=1, fields=("value", "confidence"), fn=_proposed)
         try:
             while left > 0:
                 n = min(left, self.chunk)
-                self.state, traj = self.executive.run(self.state, n, save=save)
-                self._values.append(np.asarray(traj.data["value"]))
+                start = time.perf_counter()
+                new_state, traj = self.executive.run(self.state, n, save=save)
+                values = np.asarray(traj.data["value"])  # waits for the device
+                self.timings.append((n, time.perf_counter() - start))
+                self.state = new_state
+                self._values.append(values)
                 self._confidences.append(np.asarray(traj.data["confidence"]))
                 left -= n
                 if bar is not None:
                     bar.update(n)
+                self._deliver(traj)
                 if bool(self.state.halted):
                     break
         finally:
             if bar is not None:
                 bar.close()
-        self._raise_recorded(before)
+        try:
+            self._raise_recorded(before)
+        except (InvariantViolationFatal, InvalidProposalError) as e:
+            self._emit("error", e, self.step)
+            raise
 
     def _raise_recorded(self, before: State) -> None:
         s = self.state
@@ -109,6 +170,26 @@ class Simulation:
                 RuntimeWarning,
                 stacklevel=3,
             )
+
+    def run_experiment(self, steps: int, *, save: Save | None = Save()):
+        """A what-if run from the current state: returns ``(state, trajectory)`` and
+        leaves the simulation where it was."""
+        return self.executive.run(self.state, steps, save=save)
+
+    def timing_report(self) -> dict:
+        """Wall-clock figures of the runs so far (the first includes compilation)."""
+        steps = sum(n for n, _ in self.timings)
+        total = sum(t for _, t in self.timings)
+        later = self.timings[1:]
+        warm_steps = sum(n for n, _ in later)
+        warm_time = sum(t for _, t in later)
+        return {
+            "runs": len(self.timings),
+            "steps": steps,
+            "seconds": total,
+            "first_run_seconds": self.timings[0][1] if self.timings else 0.0,
+            "steps_per_second_after_first": warm_steps / warm_time if warm_time > 0 else float("nan"),
+        }
 
     # ---- reading ---------------------------------------------------------------
     @property
@@ -148,3 +229,7 @@ class Simulation:
         values = np.concatenate(self._values)[: checkpoint.history_length]
         confs = np.concatenate(self._confidences)[: checkpoint.history_length]
         self._values, self._confidences = [values], [confs]
+
+
+def _proposed(state):
+    return state.proposed

@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ._layout import Layout
+from ._recovery import FailureLog
 from ._memory import SOURCE_EXTERNAL, SOURCE_NONE, Memory
 from ._statistics import Stats
 
@@ -27,7 +28,9 @@ class State(eqx.Module):
     Arrays are indexed by variable (``value``, ``confidence``, ``stats``,
     ``memory``, ``active_policy``, ``domain_violations``), by mechanism
     (``enabled``, ``invalid_proposals``) or by invariant (``violation_count``,
-    ``invariant_active``). Read them by name with the accessors below; change them
+    ``invariant_active``). ``failures`` is the bounded log of failed steps,
+    ``audit`` (when the executive was built with ``audit=True``) the hypotheses
+    and the deciding source of the last step, and ``aux`` governance's own state. Read them by name with the accessors below; change them
     with the methods, which return a new state and take an optional traced
     ``when=`` condition, so governance can use them inside ``jit``.
 
@@ -48,6 +51,7 @@ class State(eqx.Module):
     memory: Memory
     active_policy: Array
     enabled: Array
+    proposed: Array
     invalid_proposals: Array
     invalid_first_step: Array
     domain_violations: Array
@@ -60,6 +64,8 @@ class State(eqx.Module):
     halted: Array
     halted_by: Array
     halted_at: Array
+    failures: FailureLog
+    audit: dict | None
     aux: PyTree[Any]
     layout: Layout = eqx.field(static=True)
 

@@ -893,4 +893,5 @@ def _carry_over(ex: Executive, old: State) -> State:
             remap(new.invariant_active, old.invariant_active, inv_map),
             old.failures if old.failures.step.shape == new.failures.step.shape else new.failures,
         ),
+        is_leaf=lambda x: x is None,
     )

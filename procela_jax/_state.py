@@ -144,7 +144,7 @@ class State(eqx.Module):
 
     def with_aux(self, aux) -> State:
         """Replace the governance state ``aux``."""
-        return eqx.tree_at(lambda s: s.aux, self, aux)
+        return eqx.tree_at(lambda s: s.aux, self, aux, is_leaf=lambda x: x is None)
 
 
 def enforce_domains(layout: Layout, has_value, values, previous):

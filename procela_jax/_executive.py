@@ -613,8 +613,12 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     state = eqx.tree_at(lambda s: s.proposed, state, mech_active)
     valid = jnp.isfinite(pv) & jnp.isfinite(pc) & (pc >= 0) & (pc <= 1) & jnp.isfinite(pw) & (pw >= 0)
     if m:
-        bad = prop_active & ~valid
-        per_mech = jax.ops.segment_sum(bad.astype(jnp.int32), np.asarray(plan.prop_mech, np.int32), m)
+        bad = (prop_active & ~valid).astype(jnp.int32)
+        if m <= 64:  # proposals of a mechanism are contiguous: static slices fuse
+            bounds = np.searchsorted(np.asarray(plan.prop_mech), np.arange(m + 1))
+            per_mech = jnp.stack([jnp.sum(bad[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+        else:
+            per_mech = jax.ops.segment_sum(bad, np.asarray(plan.prop_mech, np.int32), m)
         first = jnp.where((per_mech > 0) & (state.invalid_first_step < 0), t, state.invalid_first_step)
         state = eqx.tree_at(
             lambda s: (s.invalid_proposals, s.invalid_first_step),
@@ -643,7 +647,8 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     res_c = state.confidences
     winner = jnp.full((n,), -1, jnp.int32)
     for policies, members in plan.groups:
-        idx = np.asarray(members)
+        whole = tuple(members) == tuple(range(n))
+        idx = slice(None) if whole else np.asarray(members)
         gv, gc, gw, gm = sv[idx], sc[idx], sw[idx], smask[idx]
         outs = [p.resolve(gv, gc, gw, gm) for p in policies]
         if len(outs) == 1:
@@ -652,9 +657,13 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
             choice = state.active_policy[idx]
             pick = lambda j: jnp.select([choice == q for q in range(len(outs))], [o[j] for o in outs])
             v, c, w = pick(0), pick(1), pick(2)
-        res_v = res_v.at[idx].set(jnp.asarray(v, res_v.dtype))
-        res_c = res_c.at[idx].set(jnp.asarray(c, res_c.dtype))
-        winner = winner.at[idx].set(jnp.asarray(w, jnp.int32))
+        if whole:
+            res_v, res_c = jnp.asarray(v, res_v.dtype), jnp.asarray(c, res_c.dtype)
+            winner = jnp.asarray(w, jnp.int32)
+        else:
+            res_v = res_v.at[idx].set(jnp.asarray(v, res_v.dtype))
+            res_c = res_c.at[idx].set(jnp.asarray(c, res_c.dtype))
+            winner = winner.at[idx].set(jnp.asarray(w, jnp.int32))
     has_value = jnp.any(smask, axis=-1) if width else jnp.zeros((n,), bool)
     source = jnp.where(
         winner >= 0,

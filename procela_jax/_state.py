@@ -166,11 +166,15 @@ def enforce_domains(layout: Layout, has_value, values, previous):
         hi = np.asarray([getattr(layout.domains[i], "hi", None) for i in range_like], dtype=object)
         lo = jnp.asarray(np.where(lo == None, -np.inf, lo).astype(float), values.dtype)  # noqa: E711
         hi = jnp.asarray(np.where(hi == None, np.inf, hi).astype(float), values.dtype)  # noqa: E711
-        v = values[idx]
+        whole = len(range_like) == n
+        v = values if whole else values[idx]
         ok = ~jnp.isnan(v) & (v >= lo) & (v <= hi)
-        inside = inside.at[idx].set(ok)
         clean = jnp.where(jnp.isnan(v), jnp.where(jnp.isfinite(lo), lo, 0), v)
-        projected = projected.at[idx].set(jnp.clip(clean, lo, hi))
+        if whole:
+            inside, projected = ok, jnp.clip(clean, lo, hi)
+        else:
+            inside = inside.at[idx].set(ok)
+            projected = projected.at[idx].set(jnp.clip(clean, lo, hi))
     for d, members in groups.items():
         if type(d).__name__ in ("RangeDomain", "RealDomain"):
             continue

@@ -313,7 +313,13 @@ class Executive(eqx.Module):
                 raise ModelError(
                     f"parameter {path!r} has shape {jnp.shape(old)}, got a value of shape {jnp.shape(new)}"
                 )
-            ex = eqx.tree_at(getter, ex, new)
+            owner, field = path.split(".")
+            if owner in ex.layout.var_index:  # one entry of an array leaf
+                j = ex.layout.var_index[owner]
+                where = (lambda e: e.init_values) if field == "init" else (lambda e: e.init_confidences)
+                ex = eqx.tree_at(where, ex, where(ex).at[j].set(new))
+            else:
+                ex = eqx.tree_at(getter, ex, new)
         return ex
 
     # ---- pure core ------------------------------------------------------------
@@ -845,8 +851,10 @@ def _trial_trace(ex: Executive) -> None:
             )
         for k, rec in out.items():
             if not isinstance(rec, VariableRecord):
+                # the trial trace turns numbers and arrays into ShapeDtypeStructs
+                what = "a bare number or array" if isinstance(rec, jax.ShapeDtypeStruct) else type(rec).__name__
                 raise ModelError(
-                    f"mechanism {mech.name!r} returned {type(rec).__name__} for {k!r}; "
+                    f"mechanism {mech.name!r} returned {what} for {k!r}; "
                     "return a procela_jax.VariableRecord(value, confidence=...)"
                 )
             for field in ("value", "confidence", "weight"):

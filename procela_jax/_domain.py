@@ -136,10 +136,12 @@ class CategoricalDomain(Domain):
         return float(code)
 
     def contains(self, x):
+        x = jnp.asarray(x)
         codes = jnp.asarray(self.codes, dtype=jnp.result_type(x, float))
         return jnp.any(x[..., None] == codes, axis=-1)
 
     def project(self, x):
+        x = jnp.asarray(x)
         codes = jnp.asarray(self.codes, dtype=jnp.result_type(x, float))
         x = jnp.where(jnp.isnan(x), codes[0], x)
         nearest = jnp.argmin(jnp.abs(x[..., None] - codes), axis=-1)

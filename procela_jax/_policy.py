@@ -83,7 +83,7 @@ class Policy(eqx.Module):
     ...         return take(values), take(confidences), first
     >>> v, c, w = TrustFirst().resolve(jnp.array([1.0, 2.0]), jnp.array([0.3, 0.9]),
     ...                                jnp.ones(2), jnp.array([False, True]))
-    >>> float(v), float(c), int(w)
+    >>> float(v), round(float(c), 6), int(w)
     (2.0, 0.9, 1)
     """
 
@@ -150,7 +150,7 @@ class HighestConfidencePolicy(Policy):
     >>> v, c, w = pj.HighestConfidencePolicy().resolve(
     ...     jnp.array([1.0, 2.0, 3.0]), jnp.array([0.5, 0.9, 0.9]), jnp.ones(3),
     ...     jnp.ones(3, bool))
-    >>> float(v), float(c), int(w)
+    >>> float(v), round(float(c), 6), int(w)
     (2.0, 0.9, 1)
     """
 
@@ -197,7 +197,7 @@ class MedianPolicy(Policy):
     >>> v, c, _ = pj.MedianPolicy().resolve(jnp.array([1.0, 100.0, 3.0]),
     ...                                     jnp.array([0.5, 0.5, 0.8]), jnp.ones(3),
     ...                                     jnp.ones(3, bool))
-    >>> float(v), float(c)
+    >>> float(v), round(float(c), 6)
     (3.0, 0.6)
     """
 
@@ -250,7 +250,7 @@ class FunctionPolicy(Policy):
     >>> p = pj.FunctionPolicy(cautious, name="cautious")
     >>> v, c, _ = p.resolve(jnp.array([3.0, 1.0]), jnp.array([0.4, 0.7]), jnp.ones(2),
     ...                     jnp.ones(2, bool))
-    >>> float(v), float(c)
+    >>> float(v), round(float(c), 6)
     (1.0, 0.4)
     """
 

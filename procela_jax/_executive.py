@@ -616,7 +616,7 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
         bad = (prop_active & ~valid).astype(jnp.int32)
         if m <= 64:  # proposals of a mechanism are contiguous: static slices fuse
             bounds = np.searchsorted(np.asarray(plan.prop_mech), np.arange(m + 1))
-            per_mech = jnp.stack([jnp.sum(bad[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+            per_mech = jnp.stack([jnp.sum(bad[a:b], dtype=jnp.int32) for a, b in zip(bounds[:-1], bounds[1:])])
         else:
             per_mech = jax.ops.segment_sum(bad, np.asarray(plan.prop_mech, np.int32), m)
         first = jnp.where((per_mech > 0) & (state.invalid_first_step < 0), t, state.invalid_first_step)

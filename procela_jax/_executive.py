@@ -290,7 +290,13 @@ class Executive(eqx.Module):
                 raise ModelError(
                     f"parameter {path!r} has shape {jnp.shape(old)}, got a value of shape {jnp.shape(new)}"
                 )
-            ex = eqx.tree_at(getter, ex, new)
+            owner, field = path.split(".")
+            if owner in ex.layout.var_index:  # one entry of an array leaf
+                j = ex.layout.var_index[owner]
+                where = (lambda e: e.init_values) if field == "init" else (lambda e: e.init_confidences)
+                ex = eqx.tree_at(where, ex, where(ex).at[j].set(new))
+            else:
+                ex = eqx.tree_at(getter, ex, new)
         return ex
 
     # ---- pure core ------------------------------------------------------------
@@ -604,7 +610,9 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
         bad = (prop_active & ~valid).astype(jnp.int32)
         if m <= 64:  # proposals of a mechanism are contiguous: static slices fuse
             bounds = np.searchsorted(np.asarray(plan.prop_mech), np.arange(m + 1))
-            per_mech = jnp.stack([jnp.sum(bad[a:b], dtype=jnp.int32) for a, b in zip(bounds[:-1], bounds[1:])])
+            per_mech = jnp.stack(
+                [jnp.sum(bad[a:b], dtype=jnp.int32) for a, b in zip(bounds[:-1], bounds[1:])]
+            )
         else:
             per_mech = jax.ops.segment_sum(bad, np.asarray(plan.prop_mech, np.int32), m)
         first = jnp.where((per_mech > 0) & (state.invalid_first_step < 0), t, state.invalid_first_step)
@@ -831,8 +839,10 @@ def _trial_trace(ex: Executive) -> None:
             )
         for k, rec in out.items():
             if not isinstance(rec, VariableRecord):
+                # the trial trace turns numbers and arrays into ShapeDtypeStructs
+                what = "a bare number or array" if isinstance(rec, jax.ShapeDtypeStruct) else type(rec).__name__
                 raise ModelError(
-                    f"mechanism {mech.name!r} returned {type(rec).__name__} for {k!r}; "
+                    f"mechanism {mech.name!r} returned {what} for {k!r}; "
                     "return a procela_jax.VariableRecord(value, confidence=...)"
                 )
             for field in ("value", "confidence", "weight"):

@@ -14,6 +14,7 @@ from ._domain import (
     Domain as Domain,
     RangeDomain as RangeDomain,
     RealDomain as RealDomain,
+    StatisticalDomain as StatisticalDomain,
 )
 from ._errors import (
     CheckpointError as CheckpointError,

@@ -147,8 +147,11 @@ class State(eqx.Module):
         return eqx.tree_at(lambda s: s.aux, self, aux, is_leaf=lambda x: x is None)
 
 
-def enforce_domains(layout: Layout, has_value, values, previous):
+def enforce_domains(layout: Layout, has_value, values, previous, stats: Stats | None = None):
     """Apply each variable's out-of-domain choice to candidate ``values``.
+
+    ``stats`` (the statistics before this commit) is handed to the domains that
+    use them (``Domain.uses_stats``, e.g. ``StatisticalDomain``).
 
     Returns ``(values, keep, violated)``: ``keep`` is False where the value is
     rejected ("hold"); ``violated`` marks out-of-domain events.
@@ -180,6 +183,11 @@ def enforce_domains(layout: Layout, has_value, values, previous):
             continue
         idx = np.asarray(members)
         v = values[idx]
+        if getattr(d, "uses_stats", False):
+            st = None if stats is None else stats[idx]
+            inside = inside.at[idx].set(d.contains(v, st))
+            projected = projected.at[idx].set(d.project(v, st))
+            continue
         inside = inside.at[idx].set(d.contains(v))
         projected = projected.at[idx].set(d.project(v))
     violated = has_value & ~inside
@@ -199,7 +207,7 @@ def commit_records(state: State, commit, has_value, values, confidences, source,
     """
     layout = state.layout
     values = jnp.where(has_value, values, state.values)
-    values, keep, violated = enforce_domains(layout, commit & has_value, values, state.values)
+    values, keep, violated = enforce_domains(layout, commit & has_value, values, state.values, state.stats_)
     numeric = has_value & keep
     violated = violated & commit
     dtype = state.values.dtype

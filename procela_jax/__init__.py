@@ -48,6 +48,7 @@ from ._policy import (
     WeightedConfidencePolicy as WeightedConfidencePolicy,
     WeightedVotingPolicy as WeightedVotingPolicy,
 )
+from ._process import Process as Process
 from ._record import VariableRecord as VariableRecord
 from ._reasoning import (
     AnomalyDiagnoser as AnomalyDiagnoser,

@@ -28,7 +28,7 @@ from ._record import VariableRecord
 from ._save import Save, Trajectory, empty_trajectory, extract
 from ._state import State, commit_records
 from ._statistics import Stats
-from ._variable import Variable
+from ._variable import Variable, apply_validators
 from ._view import View
 
 #: Incremented each time a step or a run is traced (tests use it to catch recompiles).
@@ -632,6 +632,8 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     else:
         sv = sc = sw = jnp.zeros((n, 0), jnp.dtype(ex.dtype))
         smask = jnp.zeros((n, 0), bool)
+    if width and any(v.validators for v in ex.variables):
+        smask = apply_validators(ex.variables, sv, sc, smask)
     slot_mech = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
     pending = dict(values=sv, confidences=sc, weights=sw, mask=smask, sources=jnp.asarray(slot_mech))
     state = guarded(before, state)

@@ -507,6 +507,11 @@ def _check_phase(ex: Executive, state: State, phase: InvariantPhase, pending=Non
     for k, inv in enumerate(ex.invariants):
         if inv.phase is not phase:
             continue
+        if inv.update is not None:
+            def track(s, update=inv.update, name=inv.name):
+                return _match_types(update(s, View(s, pending)), s, f"the update of invariant {name!r}")
+
+            state = jax.lax.cond(state.invariant_active[k] & ~state.halted, track, lambda s: s, state)
         view = View(state, pending)
         ok = jnp.asarray(inv.condition(view))
         if ok.shape != () :

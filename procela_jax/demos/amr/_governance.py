@@ -57,7 +57,7 @@ def _end(unit, due, win, recent):
     return dict(on=unit["on"] & ~due, done=unit["done"] + due, wins=unit["wins"] + (due & win), recent=recent)
 
 
-_FAMILY_OF = np.asarray(FAMILY_OF)
+_FAMILY_OF = np.asarray(FAMILY_OF, np.int32)
 
 
 def _set_enabled(state, enabled, when):

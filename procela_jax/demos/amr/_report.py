@@ -75,9 +75,9 @@ def reproduction_table(res) -> str:
     lies within the original's 95% CI.
 
     >>> from procela_jax.demos import amr
-    >>> res = amr.run_protocol(seeds=range(3), steps=40, noise="jax", settings=("none", "probe"))
+    >>> res = amr.run_protocol(seeds=range(2), steps=20, noise="jax", settings=("none", "probe"))
     >>> print(amr.reproduction_table(res).splitlines()[0])  # doctest: +ELLIPSIS
-    AMR protocol: 3 runs per setting, 40 steps, noise=jax ...
+    AMR protocol: 2 runs per setting, 20 steps, noise=jax ...
     """
     summ = summarise(res)
     pct = lambda x: "      -" if x is None else f"{x:+7.1f}"  # noqa: E731

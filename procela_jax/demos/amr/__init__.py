@@ -16,9 +16,9 @@ setting is data (which invariants are active), not structure.
 >>> from procela_jax.demos import amr
 >>> amr.SETTINGS
 ('none', 'fragility', 'coverage', 'probe', 'all')
->>> res = amr.run_protocol(seeds=range(2), steps=20, noise="jax", settings=("none", "probe"))
+>>> res = amr.run_protocol(seeds=range(2), steps=20, noise="jax")
 >>> res.mean_error.shape  # (settings, seeds)
-(2, 2)
+(5, 2)
 """
 
 from ._figures import (

@@ -48,9 +48,9 @@ def trace(seeds=(0,), steps: int = 160, noise: str = "numpy", settings=SETTINGS)
     error) and ``experimenting`` (fragility, coverage, probe), plus ``settings``.
 
     >>> from procela_jax.demos import amr
-    >>> tr = amr.trace(seeds=(0,), steps=20, noise="jax", settings=("none",))
+    >>> tr = amr.trace(seeds=(0,), steps=20, noise="jax")
     >>> tr["colonized"].shape, tr["proposals"].shape
-    ((1, 1, 20), (1, 1, 20, 11))
+    ((5, 1, 20), (5, 1, 20, 11))
     """
     seeds = np.asarray(list(seeds))
     _check(steps=steps, noise=noise, seeds=seeds)
@@ -85,7 +85,13 @@ def _family_mean(tr, i, j, f):
 
 def figure_predictions(tr, setting="none", seed_index=0):
     """Colonisation against each family's forecast (its theories' confidence-weighted
-    mean) and the resolved forecast, one step ahead."""
+    mean) and the resolved forecast, one step ahead.
+
+    >>> from procela_jax.demos import amr
+    >>> fig = amr.figure_predictions(amr.trace(seeds=(0,), steps=20, noise="jax"))
+    >>> len(fig.axes) > 0
+    True
+    """
     import matplotlib.pyplot as plt
 
     i = tr["settings"].index(setting)
@@ -109,7 +115,13 @@ def figure_predictions(tr, setting="none", seed_index=0):
 
 def figure_trust(tr, seed_index=0):
     """Which family the resolution trusted: each family's share of the confidence
-    behind the forecast, per step, for every governance setting."""
+    behind the forecast, per step, for every governance setting.
+
+    >>> from procela_jax.demos import amr
+    >>> fig = amr.figure_trust(amr.trace(seeds=(0,), steps=20, noise="jax"))
+    >>> len(fig.axes) > 0
+    True
+    """
     import matplotlib.pyplot as plt
 
     n = len(tr["settings"])
@@ -131,7 +143,13 @@ def figure_trust(tr, seed_index=0):
 
 
 def figure_signals(tr, seed_index=0):
-    """Governance signals per setting: family coverage and policy fragility."""
+    """Governance signals per setting: family coverage and policy fragility.
+
+    >>> from procela_jax.demos import amr
+    >>> fig = amr.figure_signals(amr.trace(seeds=(0,), steps=20, noise="jax"))
+    >>> len(fig.axes) > 0
+    True
+    """
     import matplotlib.pyplot as plt
 
     n = len(tr["settings"])
@@ -157,7 +175,13 @@ def figure_signals(tr, seed_index=0):
 
 def figure_regret(tr):
     """Cumulative regret (baseline error minus actual error, summed), mean over the
-    runs with a ±1 sd band, per governance setting."""
+    runs with a ±1 sd band, per governance setting.
+
+    >>> from procela_jax.demos import amr
+    >>> fig = amr.figure_regret(amr.trace(seeds=(0,), steps=20, noise="jax"))
+    >>> len(fig.axes) > 0
+    True
+    """
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -178,7 +202,14 @@ def figure_regret(tr):
 
 def save_figures(out_dir: str = "amr_figures", seeds=range(50), steps: int = 160, noise: str = "numpy") -> list:
     """Write the study's figures as PNG files into ``out_dir``; returns their paths.
-    (``noise="numpy"`` needs ``jax_enable_x64``.)"""
+    (``noise="numpy"`` needs ``jax_enable_x64``.)
+
+    >>> import tempfile
+    >>> from procela_jax.demos import amr
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     [p.rsplit("/", 1)[-1] for p in amr.save_figures(d, seeds=(0,), steps=20, noise="jax")]
+    ['amr_predictions.png', 'amr_trust.png', 'amr_signals.png', 'amr_regret.png']
+    """
     import os
 
     import matplotlib

@@ -142,6 +142,7 @@ class ProtocolResult:
     domain_violations: np.ndarray
 
     def row(self, setting: str) -> int:
+        """The row of a governance setting in the per-run arrays."""
         return self.settings.index(setting)
 
 
@@ -201,9 +202,9 @@ def run_protocol(seeds=range(50), steps: int = 160, noise: str = "numpy", *, set
     original's seed-42 series whatever the noise (``world_seed`` changes it).
 
     >>> from procela_jax.demos import amr
-    >>> res = amr.run_protocol(seeds=range(2), steps=20, noise="jax", settings=("none", "probe"))
-    >>> res.mean_error.shape, res.settings
-    ((2, 2), ('none', 'probe'))
+    >>> res = amr.run_protocol(seeds=range(2), steps=20, noise="jax")
+    >>> res.mean_error.shape, res.settings[-1], int(res.started["probe"][res.row("probe"), 0])
+    ((5, 2), 'all', 0)
     """
     seeds = np.asarray(list(seeds))
     _check(steps=steps, noise=noise, seeds=seeds)

@@ -26,6 +26,12 @@ DEFAULT_SUMMARIES = ("mean", "std", "min", "max", 0.05, 0.25, 0.5, 0.75, 0.95)
 #: Incremented each time a sweep function is traced (tests use it to catch recompiles).
 TRACES = {"init": 0, "block": 0, "reduce": 0}
 
+#: Rows per device are padded to a multiple of this. With one row per device XLA
+#: drops the batch dimension and compiles scalar code, which may contract
+#: ``a * b + c`` into multiply-adds differently from batched code; a few rows keep
+#: every configuration on the same batched code (and fill one AVX2 vector).
+ROW_TILE = 8
+
 _DEFAULT = object()
 _VALUES_BUDGET = 256 << 20  # bytes of per-scenario values one summary block may gather
 
@@ -292,7 +298,8 @@ def sweep(
         chunk_size: scenarios per compiled chunk (default: all of them, or as many as
             fit the device memory). Every chunk is padded to ``chunk_size`` rows
             (rounded up to a multiple of the number of devices), so sweeps with one
-            chunk size share one compile whatever their number of scenarios.
+            chunk size share one compile whatever their number of scenarios. Rows per
+            device are rounded up to a multiple of ``ROW_TILE`` (8).
         devices: devices (or a 1-D mesh with axis ``"scenarios"``) to spread the
             scenarios over; default every device (of every process, after
             ``jax.distributed.initialize()``).
@@ -610,6 +617,7 @@ def _placement(ex, spec, steps, save, stats, chunk_size, devices, progress):
         else:
             need = 2 * state_bytes
         per_device = max(1, min(-(-n // n_dev), budget // max(1, need)))
+    per_device = -(-per_device // ROW_TILE) * ROW_TILE
     placement = Placement(mesh=mesh, per_device=per_device)
     # host memory: refuse early what cannot fit
     n_local = n if jax.process_count() == 1 else len(placement.local_rows(n))
@@ -799,6 +807,8 @@ class _Runner:
         base = c * C
 
         def put(buf, x):
+            if buf.size == 0:  # e.g. per-invariant counters of a model without invariants
+                return
             for start, data in addressable_rows(x):
                 g_lo = base + start
                 g_hi = min(g_lo + len(data), n)

@@ -187,9 +187,9 @@ def test_chunks_and_blocks_change_nothing_and_compile_once_per_chunk_shape():
     rates = np.linspace(0.0, 0.6, n)
     whole = pj.sweep(ex, steps, seeds=range(n), params={"grow.rate": rates})
     before = dict(_sweep.TRACES)
-    parts = pj.sweep(ex, steps, seeds=range(n), params={"grow.rate": rates}, chunk_size=5, block_steps=2)
-    assert parts.info["chunks"] == 5 and parts.info["block_steps"] == [2, 2, 2]
-    assert _sweep.TRACES["block"] == before["block"] + 1  # 5 chunks x 3 blocks, one compile
+    parts = pj.sweep(ex, steps, seeds=range(n), params={"grow.rate": rates}, chunk_size=8, block_steps=2)
+    assert parts.info["chunks"] == 3 and parts.info["block_steps"] == [2, 2, 2]
+    assert _sweep.TRACES["block"] == before["block"] + 1  # 3 chunks x 3 blocks, one compile
     assert _sweep.TRACES["init"] == before["init"] + 1
     for a, b in zip(jax.tree.leaves(whole.trajectory), jax.tree.leaves(parts.trajectory)):
         np.testing.assert_array_equal(a, b)
@@ -197,7 +197,7 @@ def test_chunks_and_blocks_change_nothing_and_compile_once_per_chunk_shape():
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(whole.halted, parts.halted)
     # other values, other scenario counts, same chunk shape: no new compile
-    again = pj.sweep(ex, steps, seeds=range(7), params={"grow.rate": rates[:7] + 0.01}, chunk_size=5, block_steps=2)
+    again = pj.sweep(ex, steps, seeds=range(7), params={"grow.rate": rates[:7] + 0.01}, chunk_size=8, block_steps=2)
     assert _sweep.TRACES["block"] == before["block"] + 1
     assert again.value("X").shape == (7, steps)
 
@@ -256,7 +256,7 @@ def test_summaries_equal_numpy_over_the_trajectories_and_ignore_chunking():
     full = pj.sweep(ex, steps, **kw, **C)
     stats = ("mean", "std", "min", "max", 0.1, 0.5, 0.9)
     s1 = pj.sweep(ex, steps, **kw, summaries=stats)
-    s2 = pj.sweep(ex, steps, **kw, summaries=stats, chunk_size=5, block_steps=2)
+    s2 = pj.sweep(ex, steps, **kw, summaries=stats, chunk_size=8, block_steps=2)
     assert s1.trajectory is None
     with pytest.raises(KeyError, match="summaries"):
         s1.value("X")
@@ -298,22 +298,23 @@ def _interrupt_after(monkeypatch, calls):
 
 def test_interrupted_sweep_keeps_finished_chunks(monkeypatch):
     ex = EX
-    kw = dict(seeds=range(10), chunk_size=4, block_steps=3)
+    kw = dict(seeds=range(20), chunk_size=8, block_steps=3)
     full = pj.sweep(ex, STEPS, **kw)
-    _interrupt_after(monkeypatch, 5)  # 2 blocks per chunk: chunks 0 and 1 finish, chunk 2 does not
+    _interrupt_after(monkeypatch, 5)  # 2 blocks per chunk of 8: chunks 0 and 1 finish, chunk 2 does not
     with pytest.raises(pj.SweepInterrupted) as info:
         pj.sweep(ex, STEPS, **kw)
     assert isinstance(info.value, KeyboardInterrupt)
     part = info.value.result
-    np.testing.assert_array_equal(part.done, np.arange(10) < 8)
-    np.testing.assert_array_equal(part.value("X")[:8], full.value("X")[:8])
-    np.testing.assert_array_equal(part.final.values[:8], full.final.values[:8])
+    np.testing.assert_array_equal(part.done, np.arange(20) < 16)
+    np.testing.assert_array_equal(part.value("X")[:16], full.value("X")[:16])
+    np.testing.assert_array_equal(part.final.values[:16], full.final.values[:16])
+    assert np.isnan(part.value("X")[16:]).all()
     assert not part.info["complete"]
 
 
 def test_interrupted_summary_sweep_keeps_finished_blocks(monkeypatch):
     ex = EX
-    kw = dict(seeds=range(10), chunk_size=5, block_steps=2, summaries=("mean",), variables="X")
+    kw = dict(seeds=range(12), chunk_size=8, block_steps=2, summaries=("mean",), variables="X")
     full = pj.sweep(ex, STEPS, **kw)
     _interrupt_after(monkeypatch, 4)  # 2 chunks per block: blocks 0 and 1 finish
     with pytest.raises(pj.SweepInterrupted) as info:

@@ -7,6 +7,7 @@ the :class:`Executive` runs it all as pure JAX functions of an immutable
 """
 
 from ._checkpoint import load_checkpoint as load_checkpoint, save_checkpoint as save_checkpoint
+from ._distributed import scenario_mesh as scenario_mesh
 from ._domain import (
     BooleanDomain as BooleanDomain,
     CategoricalDomain as CategoricalDomain,
@@ -85,6 +86,13 @@ from ._signals import (
 from ._simulation import Checkpoint as Checkpoint, Simulation as Simulation
 from ._state import State as State
 from ._statistics import Stats as Stats
+from ._sweep import (
+    SweepInputs as SweepInputs,
+    SweepInterrupted as SweepInterrupted,
+    SweepResult as SweepResult,
+    grid as grid,
+    sweep as sweep,
+)
 from ._timer import Timer as Timer
 from ._variable import Variable as Variable
 from ._view import View as View

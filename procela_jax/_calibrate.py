@@ -563,8 +563,10 @@ def calibrate(
             bounds, else ``x0 * exp(spread * N(0, 1))`` (distances to a one-sided
             bound likewise)); or ``{name: array (K, ...)}`` explicit starting values.
             The start with the lowest loss is returned.
-        samples: average the loss over this many runs with different keys.
-        resample: draw fresh keys at every iteration instead of common random numbers.
+        samples: average the loss over this many runs, with the keys
+            ``jax.random.split(key, samples)``.
+        resample: a fresh key at every iteration, ``jax.random.fold_in(key, i)`` at
+            iteration ``i``, instead of common random numbers.
         remat: ``True`` passes ``remat=True`` to ``ex.run`` (each step recomputed in
             the backward pass); an int ``k`` also checkpoints segments of ``k``
             steps, so gradient memory grows like ``steps / k + k`` saved states.

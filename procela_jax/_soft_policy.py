@@ -113,18 +113,31 @@ def _soft_median(values, mask, temperature):
     hi = jnp.where(n > 0, hi, 0)
 
     def excess(m):
+        # Σ σ(z_i) - n/2 written as (#{z_i > 0} - n/2) + Σ ±σ(-|z_i|): the integer part
+        # is exact and the small terms keep their relative precision, so the sum
+        # does not cancel catastrophically when the sigmoids saturate.
         z = (m[..., None] - sv) / temperature
-        return jnp.sum(jnp.where(mask, jax.nn.sigmoid(z), 0), axis=-1) - n / 2
+        pos = z > 0
+        tail = jax.nn.sigmoid(-jnp.abs(z))
+        count = jnp.sum(mask & pos, axis=-1).astype(dtype)
+        small = jnp.sum(jnp.where(mask, jnp.where(pos, -tail, tail), 0), axis=-1)
+        return (count - n / 2) + small
 
     def bisect(_, bounds):
-        a, b = bounds
+        # two bisections at once: the left end of {excess >= 0} and the right end of
+        # {excess <= 0}. They agree in exact arithmetic; where the sigmoids saturate
+        # the excess is exactly 0 on a whole interval, whose middle is the root.
+        a, b, c, d = bounds
         mid = (a + b) / 2
         up = excess(mid) < 0
-        return jnp.where(up, mid, a), jnp.where(up, b, mid)
+        mid2 = (c + d) / 2
+        up2 = excess(mid2) <= 0
+        return (jnp.where(up, mid, a), jnp.where(up, b, mid),
+                jnp.where(up2, mid2, c), jnp.where(up2, d, mid2))
 
     iters = jnp.finfo(dtype).nmant + 4  # enough halvings to reach the dtype's resolution
-    a, b = jax.lax.fori_loop(0, iters, bisect, (lo, hi))
-    root = (a + b) / 2
+    a, b, c, d = jax.lax.fori_loop(0, iters, bisect, (lo, hi, lo, hi))
+    root = (a + b + c + d) / 4
     # implicit gradient: m = root + Σ w_i (v_i - stop_gradient(v_i))
     w = _masked_softmax(_log_sigmoid_slope((root[..., None] - sv) / temperature), mask)
     w = jax.lax.stop_gradient(w)

@@ -6,6 +6,11 @@ the :class:`Executive` runs it all as pure JAX functions of an immutable
 :class:`State`.
 """
 
+from ._calibrate import (
+    CalibrationHistory as CalibrationHistory,
+    calibrate as calibrate,
+    mse_loss as mse_loss,
+)
 from ._checkpoint import load_checkpoint as load_checkpoint, save_checkpoint as save_checkpoint
 from ._distributed import scenario_mesh as scenario_mesh
 from ._domain import (
@@ -70,6 +75,11 @@ from ._reasoning import (
     TrendResult as TrendResult,
     ZScoreDetector as ZScoreDetector,
     direction_name as direction_name,
+)
+from ._soft_policy import (
+    SoftHighestConfidencePolicy as SoftHighestConfidencePolicy,
+    SoftMajorityVotingPolicy as SoftMajorityVotingPolicy,
+    SoftMedianPolicy as SoftMedianPolicy,
 )
 from ._recovery import FailureLog as FailureLog, Recovery as Recovery
 from ._save import Save as Save, Trajectory as Trajectory

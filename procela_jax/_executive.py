@@ -290,13 +290,7 @@ class Executive(eqx.Module):
                 raise ModelError(
                     f"parameter {path!r} has shape {jnp.shape(old)}, got a value of shape {jnp.shape(new)}"
                 )
-            owner, field = path.split(".")
-            if owner in ex.layout.var_index:  # one entry of an array leaf
-                j = ex.layout.var_index[owner]
-                where = (lambda e: e.init_values) if field == "init" else (lambda e: e.init_confidences)
-                ex = eqx.tree_at(where, ex, where(ex).at[j].set(new))
-            else:
-                ex = eqx.tree_at(getter, ex, new)
+            ex = _setter(ex, path)(ex, new)
         return ex
 
     # ---- pure core ------------------------------------------------------------
@@ -431,6 +425,21 @@ def _getter(ex: Executive, path: str):
         f"{owner!r} in {path!r} is neither a mechanism {list(ex.layout.mechanisms)} "
         f"nor a variable {list(ex.layout.variables)}"
     )
+
+
+def _setter(ex: Executive, path: str):
+    """``set(ex, value) -> ex`` for a parameter path (pure, differentiable).
+
+    Mechanism fields are leaves (``eqx.tree_at``); initial values are entries of
+    one array, set with ``.at[j].set``.
+    """
+    getter = _getter(ex, path)
+    owner, field = path.split(".")
+    if owner in ex.layout.mech_index:
+        return lambda e, value: eqx.tree_at(getter, e, value)
+    j = ex.layout.var_index[owner]
+    where = (lambda e: e.init_values) if field == "init" else (lambda e: e.init_confidences)
+    return lambda e, value: eqx.tree_at(where, e, where(e).at[j].set(value))
 
 
 def _init(ex: Executive, key, init, active_invariants, aux) -> State:

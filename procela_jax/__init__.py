@@ -14,6 +14,7 @@ from ._domain import (
     Domain as Domain,
     RangeDomain as RangeDomain,
     RealDomain as RealDomain,
+    StatisticalDomain as StatisticalDomain,
 )
 from ._errors import (
     CheckpointError as CheckpointError,
@@ -47,9 +48,40 @@ from ._policy import (
     WeightedConfidencePolicy as WeightedConfidencePolicy,
     WeightedVotingPolicy as WeightedVotingPolicy,
 )
+from ._process import Process as Process
 from ._record import VariableRecord as VariableRecord
+from ._reasoning import (
+    AnomalyDiagnoser as AnomalyDiagnoser,
+    AnomalyResult as AnomalyResult,
+    Diagnosis as Diagnosis,
+    EWMADetector as EWMADetector,
+    EWMAPredictor as EWMAPredictor,
+    LastPredictor as LastPredictor,
+    MeanPredictor as MeanPredictor,
+    PredictionResult as PredictionResult,
+    StatisticalDiagnoser as StatisticalDiagnoser,
+    TREND_DOWN as TREND_DOWN,
+    TREND_STABLE as TREND_STABLE,
+    TREND_UP as TREND_UP,
+    TrendDiagnoser as TrendDiagnoser,
+    TrendOperator as TrendOperator,
+    TrendPredictor as TrendPredictor,
+    TrendResult as TrendResult,
+    ZScoreDetector as ZScoreDetector,
+    direction_name as direction_name,
+)
 from ._recovery import FailureLog as FailureLog, Recovery as Recovery
 from ._save import Save as Save, Trajectory as Trajectory
+from ._signals import (
+    confidence as confidence,
+    conflict as conflict,
+    coverage as coverage,
+    entropy as entropy,
+    ewma_update as ewma_update,
+    fragility as fragility,
+    hypotheses as hypotheses,
+    smoothed_coverage as smoothed_coverage,
+)
 from ._simulation import Checkpoint as Checkpoint, Simulation as Simulation
 from ._state import State as State
 from ._statistics import Stats as Stats

@@ -28,7 +28,7 @@ from ._record import VariableRecord
 from ._save import Save, Trajectory, empty_trajectory, extract
 from ._state import State, commit_records
 from ._statistics import Stats
-from ._variable import Variable
+from ._variable import Variable, apply_validators
 from ._view import View
 
 #: Incremented each time a step or a run is traced (tests use it to catch recompiles).
@@ -164,25 +164,9 @@ class Executive(eqx.Module):
         variables = tuple(variables)
         mechanisms = tuple(mechanisms)
         invariants = tuple(invariants)
-        # ---- variables
-        for v in variables:
-            if not isinstance(v, Variable):
-                raise ModelError(f"Executive: variables must be Variable objects, got {v!r}")
-        names = [v.name for v in variables]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ModelError(f"Executive: duplicate variable names {dup}")
+        names = _unique_names("variable", variables, Variable)
         known = set(names)
-        # ---- mechanisms
-        for m in mechanisms:
-            if not isinstance(m, Mechanism):
-                raise ModelError(f"Executive: mechanisms must be Mechanism instances, got {m!r}")
-        mnames = [m.name for m in mechanisms]
-        dup = sorted({n for n in mnames if mnames.count(n) > 1})
-        if dup:
-            raise ModelError(
-                f"Executive: duplicate mechanism names {dup}; give each a unique name=..."
-            )
+        mnames = _unique_names("mechanism", mechanisms, Mechanism)
         for m in mechanisms:
             if not isinstance(m.name, str) or not m.name or "." in m.name:
                 raise ModelError(f"mechanism name {m.name!r} must be a non-empty string without '.'")
@@ -206,14 +190,7 @@ class Executive(eqx.Module):
             mechanisms = tuple(mechanisms[mnames.index(o)] for o in order)
             mnames = order
         self.mechanisms = tuple(_to_arrays(m, dtype) for m in mechanisms)
-        # ---- invariants
-        for inv in invariants:
-            if not isinstance(inv, SystemInvariant):
-                raise ModelError(f"Executive: invariants must be SystemInvariant objects, got {inv!r}")
-        inames = [i.name for i in invariants]
-        dup = sorted({n for n in inames if inames.count(n) > 1})
-        if dup:
-            raise ModelError(f"Executive: duplicate invariant names {dup}")
+        inames = _unique_names("invariant", invariants, SystemInvariant)
         for label, fn in (("pre_step", pre_step), ("post_step", post_step), ("schedule", schedule)):
             if fn is not None and not callable(fn):
                 raise ModelError(f"Executive: {label} must be callable, got {fn!r}")
@@ -313,7 +290,13 @@ class Executive(eqx.Module):
                 raise ModelError(
                     f"parameter {path!r} has shape {jnp.shape(old)}, got a value of shape {jnp.shape(new)}"
                 )
-            ex = eqx.tree_at(getter, ex, new)
+            owner, field = path.split(".")
+            if owner in ex.layout.var_index:  # one entry of an array leaf
+                j = ex.layout.var_index[owner]
+                where = (lambda e: e.init_values) if field == "init" else (lambda e: e.init_confidences)
+                ex = eqx.tree_at(where, ex, where(ex).at[j].set(new))
+            else:
+                ex = eqx.tree_at(getter, ex, new)
         return ex
 
     # ---- pure core ------------------------------------------------------------
@@ -410,6 +393,17 @@ class Executive(eqx.Module):
 
 
 # ------------------------------------------------------------------------------
+def _unique_names(kind: str, items, cls) -> list[str]:
+    for item in items:
+        if not isinstance(item, cls):
+            raise ModelError(f"Executive: each {kind} must be a {cls.__name__}, got {item!r}")
+    names = [item.name for item in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ModelError(f"Executive: duplicate {kind} names {dup}; give each a unique name")
+    return names
+
+
 def _getter(ex: Executive, path: str):
     if not isinstance(path, str) or path.count(".") != 1:
         raise ModelError(f"parameter path {path!r} must look like '<mechanism>.<field>' or '<variable>.init'")
@@ -616,7 +610,9 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
         bad = (prop_active & ~valid).astype(jnp.int32)
         if m <= 64:  # proposals of a mechanism are contiguous: static slices fuse
             bounds = np.searchsorted(np.asarray(plan.prop_mech), np.arange(m + 1))
-            per_mech = jnp.stack([jnp.sum(bad[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+            per_mech = jnp.stack(
+                [jnp.sum(bad[a:b], dtype=jnp.int32) for a, b in zip(bounds[:-1], bounds[1:])]
+            )
         else:
             per_mech = jax.ops.segment_sum(bad, np.asarray(plan.prop_mech, np.int32), m)
         first = jnp.where((per_mech > 0) & (state.invalid_first_step < 0), t, state.invalid_first_step)
@@ -636,6 +632,8 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     else:
         sv = sc = sw = jnp.zeros((n, 0), jnp.dtype(ex.dtype))
         smask = jnp.zeros((n, 0), bool)
+    if width and any(v.validators for v in ex.variables):
+        smask = apply_validators(ex.variables, sv, sc, smask)
     slot_mech = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
     pending = dict(values=sv, confidences=sc, weights=sw, mask=smask, sources=jnp.asarray(slot_mech))
     state = guarded(before, state)
@@ -843,8 +841,10 @@ def _trial_trace(ex: Executive) -> None:
             )
         for k, rec in out.items():
             if not isinstance(rec, VariableRecord):
+                # the trial trace turns numbers and arrays into ShapeDtypeStructs
+                what = "a bare number or array" if isinstance(rec, jax.ShapeDtypeStruct) else type(rec).__name__
                 raise ModelError(
-                    f"mechanism {mech.name!r} returned {type(rec).__name__} for {k!r}; "
+                    f"mechanism {mech.name!r} returned {what} for {k!r}; "
                     "return a procela_jax.VariableRecord(value, confidence=...)"
                 )
             for field in ("value", "confidence", "weight"):

@@ -41,6 +41,13 @@ def _masked(x, mask):
     return jnp.where(mask, x, jnp.zeros_like(x))
 
 
+def _product(a, b, mask):
+    # a select between the multiply and the sum that consumes it keeps each product
+    # rounded on its own: without it XLA on CPU contracts ``acc + a * b`` into a
+    # fused multiply-add, and sums no longer match a Python loop bit for bit.
+    return jnp.where(mask, a * b, jnp.zeros_like(a))
+
+
 def _safe_div(num, den):
     ok = den != 0
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
@@ -91,8 +98,9 @@ class WeightedVotingPolicy(Policy):
         n = seqsum(mask.astype(values.dtype))
         wsum = seqsum(w)
         weighted = wsum > 0
-        value = jnp.where(weighted, _safe_div(seqsum(v * w), wsum), _safe_div(seqsum(v), n))
-        conf = jnp.where(weighted, _safe_div(seqsum(c * w), wsum), _safe_div(seqsum(c), n))
+        vw, cw = _product(v, w, mask), _product(c, w, mask)
+        value = jnp.where(weighted, _safe_div(seqsum(vw), wsum), _safe_div(seqsum(v), n))
+        conf = jnp.where(weighted, _safe_div(seqsum(cw), wsum), _safe_div(seqsum(c), n))
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 
 
@@ -114,7 +122,7 @@ class WeightedConfidencePolicy(Policy):
         n = seqsum(mask.astype(values.dtype))
         csum = seqsum(c)
         weighted = csum > 0
-        value = jnp.where(weighted, _safe_div(seqsum(v * c), csum), _safe_div(seqsum(v), n))
+        value = jnp.where(weighted, _safe_div(seqsum(_product(v, c, mask)), csum), _safe_div(seqsum(v), n))
         conf = jnp.where(weighted, _safe_div(csum, n), 0.0)
         return value, conf.astype(values.dtype), jnp.full(value.shape, -1, jnp.int32)
 

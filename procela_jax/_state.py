@@ -13,6 +13,7 @@ from jaxtyping import Array, PyTree
 from ._layout import Layout
 from ._recovery import FailureLog
 from ._memory import SOURCE_EXTERNAL, SOURCE_NONE, Memory
+from ._process import Process
 from ._statistics import Stats
 
 
@@ -86,8 +87,17 @@ class State(eqx.Module):
         """The variable's ring buffer, oldest first, with a ``valid`` mask."""
         return self.memory.ordered(self.layout.var(name))
 
+    def _mechs(self, name):
+        if isinstance(name, Process):  # every member of a process
+            return np.asarray([self.layout.mech(m) for m in name.members])
+        return self.layout.mech(name)
+
     def is_enabled(self, name) -> Array:
-        return self.enabled[..., self.layout.mech(name)]
+        """Whether a mechanism is enabled (for a :class:`Process`: all its members)."""
+        i = self._mechs(name)
+        if isinstance(i, np.ndarray):
+            return jnp.all(self.enabled[..., i], axis=-1)
+        return self.enabled[..., i]
 
     def policy_index(self, name) -> Array:
         """Index of the variable's active policy among its candidates."""
@@ -99,13 +109,15 @@ class State(eqx.Module):
 
     # ---- changing (pure; each returns a new state) -----------------------------
     def enable(self, name, when=None) -> State:
-        """Enable a mechanism (from the next proposal phase on)."""
-        i = self.layout.mech(name)
+        """Enable a mechanism, or every member of a :class:`Process` (from the next
+        proposal phase on)."""
+        i = self._mechs(name)
         return eqx.tree_at(lambda s: s.enabled, self, _when(when, self.enabled.at[..., i].set(True), self.enabled))
 
     def disable(self, name, when=None) -> State:
-        """Disable a mechanism: its hypotheses are masked out of resolution."""
-        i = self.layout.mech(name)
+        """Disable a mechanism, or every member of a :class:`Process`: their
+        hypotheses are masked out of resolution."""
+        i = self._mechs(name)
         return eqx.tree_at(lambda s: s.enabled, self, _when(when, self.enabled.at[..., i].set(False), self.enabled))
 
     def set_policy(self, name, policy, when=None) -> State:
@@ -147,8 +159,11 @@ class State(eqx.Module):
         return eqx.tree_at(lambda s: s.aux, self, aux, is_leaf=lambda x: x is None)
 
 
-def enforce_domains(layout: Layout, has_value, values, previous):
+def enforce_domains(layout: Layout, has_value, values, previous, stats: Stats | None = None):
     """Apply each variable's out-of-domain choice to candidate ``values``.
+
+    ``stats`` (the statistics before this commit) is handed to the domains that
+    use them (``Domain.uses_stats``, e.g. ``StatisticalDomain``).
 
     Returns ``(values, keep, violated)``: ``keep`` is False where the value is
     rejected ("hold"); ``violated`` marks out-of-domain events.
@@ -180,6 +195,11 @@ def enforce_domains(layout: Layout, has_value, values, previous):
             continue
         idx = np.asarray(members)
         v = values[idx]
+        if getattr(d, "uses_stats", False):
+            st = None if stats is None else stats[idx]
+            inside = inside.at[idx].set(d.contains(v, st))
+            projected = projected.at[idx].set(d.project(v, st))
+            continue
         inside = inside.at[idx].set(d.contains(v))
         projected = projected.at[idx].set(d.project(v))
     violated = has_value & ~inside
@@ -199,7 +219,7 @@ def commit_records(state: State, commit, has_value, values, confidences, source,
     """
     layout = state.layout
     values = jnp.where(has_value, values, state.values)
-    values, keep, violated = enforce_domains(layout, commit & has_value, values, state.values)
+    values, keep, violated = enforce_domains(layout, commit & has_value, values, state.values, state.stats_)
     numeric = has_value & keep
     violated = violated & commit
     dtype = state.values.dtype

@@ -716,24 +716,34 @@ def _recovering_step(ex: Executive, state: State) -> State:
     cand = _step_impl(ex, state)
     failed, kind, who = _failure(ex, state, cand)
     attempts = jnp.asarray(1, jnp.int32)
+    # what every attempt recorded: counts add up, first/last steps are this step's
+    tally = (cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
+             cand.violation_first_step, cand.violation_last_step)
     for r in range(1, rec.retries + 1):
         def retry(_, r=r):
             return _step_impl(ex, state, retry=r)
 
         again = jax.lax.cond(failed, retry, lambda c: c, cand)
-        attempts = attempts + failed.astype(jnp.int32)
+        ran = failed
+        attempts = attempts + ran.astype(jnp.int32)
+        tally = (
+            tally[0] + jnp.where(ran, again.invalid_proposals - state.invalid_proposals, 0),
+            jnp.where(tally[1] >= 0, tally[1], again.invalid_first_step),
+            tally[2] + jnp.where(ran, again.violation_count - state.violation_count, 0),
+            jnp.where(tally[3] >= 0, tally[3], again.violation_first_step),
+            jnp.maximum(tally[4], again.violation_last_step),
+        )
         cand = again
         still, _, _ = _failure(ex, state, cand)
         failed = failed & still
+    counters = lambda s: (s.invalid_proposals, s.invalid_first_step, s.violation_count,
+                          s.violation_first_step, s.violation_last_step)
+    cand = eqx.tree_at(counters, cand, tally)
     # every attempt failed: keep the previous world, skip the step, keep the counters
     rolled = eqx.tree_at(
-        lambda s: (s.step, s.invalid_proposals, s.invalid_first_step, s.violation_count,
-                   s.violation_first_step, s.violation_last_step, s.safe_mode, s.halted,
-                   s.halted_by, s.halted_at),
+        lambda s: (s.step, *counters(s), s.safe_mode, s.halted, s.halted_by, s.halted_at),
         state,
-        (state.step + 1, cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
-         cand.violation_first_step, cand.violation_last_step, cand.safe_mode, cand.halted,
-         cand.halted_by, cand.halted_at),
+        (state.step + 1, *tally, cand.safe_mode, cand.halted, cand.halted_by, cand.halted_at),
     )
     out = _tree_where(failed, rolled, cand)
     first_failed = (attempts > 1) | failed

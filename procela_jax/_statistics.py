@@ -6,6 +6,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._policy import unfused
+
 
 class Stats(eqx.Module):
     """Running statistics of the records committed to a variable.
@@ -56,15 +58,14 @@ class Stats(eqx.Module):
         upd = commit & numeric
         first = ~self.has_value
         x = jnp.where(upd, value, 0)
-        # each product passes through a select before it is added, so XLA cannot fuse
-        # it into an FMA: the sums round exactly like the original's Python arithmetic
-        new_part = jnp.where(upd, alpha * x, 0)
-        old_part = jnp.where(upd & ~first, one_minus_alpha * jnp.where(first, 0, self.ewma), 0)
-        ewma = jnp.where(first, x, new_part + old_part)
+        # products are kept apart from the sums that consume them (``unfused``), so
+        # they round exactly like the original's Python arithmetic
+        prev = jnp.where(first, 0, self.ewma)
+        ewma = jnp.where(first, x, unfused(alpha * x) + unfused(one_minus_alpha * prev))
         return Stats(
             count=self.count + commit.astype(self.count.dtype),
             sum=jnp.where(upd, self.sum + x, self.sum),
-            sumsq=jnp.where(upd, self.sumsq + jnp.where(upd, x * x, 0), self.sumsq),
+            sumsq=jnp.where(upd, self.sumsq + unfused(x * x), self.sumsq),
             min=jnp.where(upd, jnp.minimum(self.min, x), self.min),
             max=jnp.where(upd, jnp.maximum(self.max, x), self.max),
             last=jnp.where(upd, x, self.last),
@@ -90,7 +91,7 @@ class Stats(eqx.Module):
     def variance(self) -> Array:
         c = jnp.where(self.count > 0, self.count, 1).astype(self.sum.dtype)
         mean = self.sum / c
-        var = jnp.maximum(self.sumsq / c - mean**2, 0.0)
+        var = jnp.maximum(self.sumsq / c + unfused(-(mean * mean)), 0.0)  # mean² rounded alone
         return jnp.where((self.count >= 2) & self.has_value, var, jnp.nan)
 
     @property

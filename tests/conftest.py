@@ -51,3 +51,12 @@ def x64():
     """Run the test with ``jax_enable_x64`` on (float64 executives), then restore."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(scope="session")
+def sir():
+    """One SIR demo executive (float32) shared by the whole session, so its step and
+    run are compiled once."""
+    import procela_jax as pj
+
+    return pj.demos.sir.make_executive()

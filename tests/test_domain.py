@@ -154,3 +154,13 @@ def test_out_of_domain_choices_on_mixed_domains(mode):
     np.testing.assert_array_equal(np.asarray(state.domain_first_step), first)
     # "hold" rejects the value but still commits a record: the count grows each step
     assert int(state.stats("R").count) == 4
+
+
+@pytest.mark.parametrize(
+    "domain", [pj.RangeDomain(0.0, 3.0), pj.CategoricalDomain([1, 2]), pj.BooleanDomain(),
+               pj.RangeDomain(0.0, 3.0) & pj.CategoricalDomain([1, 2]), pj.RealDomain()]
+)
+def test_plain_python_numbers_are_accepted(domain):
+    for x in (1.0, 2, 0.5):
+        assert bool(domain.contains(x)) == contains(domain, x)
+        assert float(domain.project(x)) == float(domain.project(jnp.asarray(x, jnp.float32)))

@@ -106,6 +106,6 @@ from ._sweep import (
 from ._timer import Timer as Timer
 from ._variable import Variable as Variable
 from ._view import View as View
-from . import demos as demos
+from . import demos as demos, plot as plot
 
 __version__ = "0.1.0"

@@ -443,26 +443,42 @@ def _setter(ex: Executive, path: str):
 
 
 def _init(ex: Executive, key, init, active_invariants, aux) -> State:
+    """Resolve names and labels here (Python), then build the state in one jitted call:
+    eager construction compiled dozens of tiny ops for every new model."""
+    layout = ex.layout
+    k = len(layout.invariants)
+    dtype = jnp.dtype(ex.dtype)
+    overrides = {}
+    for name, v in (init or {}).items():
+        i = layout.var(name)
+        if isinstance(v, (int, float, str, bool)):
+            v = ex.variables[i].encode(v)
+        overrides[i] = jnp.asarray(v, dtype)
+    if active_invariants is None:
+        active = np.ones((k,), bool)
+    elif isinstance(active_invariants, dict):
+        active = {layout.inv(name): jnp.asarray(on, bool) for name, on in active_invariants.items()}
+    else:
+        chosen = {layout.inv(nm) for nm in active_invariants}
+        active = np.asarray([i in chosen for i in range(k)], bool)
+    aux = None if aux is None else _to_arrays(aux, dtype)
+    return _init_jit(ex, key, overrides, active, aux)
+
+
+@eqx.filter_jit
+def _init_jit(ex: Executive, key, overrides, active, aux) -> State:
     layout = ex.layout
     n, m, k = len(layout.variables), len(layout.mechanisms), len(layout.invariants)
     dtype = jnp.dtype(ex.dtype)
     values = ex.init_values
-    if init:
-        for name, v in init.items():
-            i = layout.var(name)
-            var = ex.variables[i]
-            if isinstance(v, (int, float, str, bool)):
-                v = var.encode(v)
-            values = values.at[i].set(jnp.asarray(v, dtype))
-    if active_invariants is None:
+    for i, v in overrides.items():
+        values = values.at[i].set(v)
+    if isinstance(active, dict):
         inv_active = jnp.ones((k,), bool)
-    elif isinstance(active_invariants, dict):
-        inv_active = jnp.ones((k,), bool)
-        for name, on in active_invariants.items():
-            inv_active = inv_active.at[layout.inv(name)].set(on)
+        for i, on in active.items():
+            inv_active = inv_active.at[i].set(on)
     else:
-        chosen = {layout.inv(nm) for nm in active_invariants}
-        inv_active = jnp.asarray([i in chosen for i in range(k)], bool)
+        inv_active = jnp.asarray(active)
     z = lambda size: jnp.zeros((size,), jnp.int32)
     neg = lambda size: jnp.full((size,), -1, jnp.int32)
     state = State(

@@ -25,6 +25,7 @@ import numpy as np
 from ._domain import RangeDomain
 from ._errors import ModelError
 from ._executive import Executive, _getter, _setter
+from ._mechanism import BASE_FIELDS
 from ._save import Save
 
 Bounds = tuple[float | None, float | None]
@@ -156,7 +157,7 @@ def _fittable(ex: Executive) -> list[str]:
     names = []
     for m in ex.mechanisms:
         for f in dataclasses.fields(m):
-            if f.name in ("reads", "writes", "name", "run_in_safe_mode"):
+            if f.name in BASE_FIELDS:
                 continue
             v = getattr(m, f.name)
             if eqx.is_inexact_array(v):

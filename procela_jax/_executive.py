@@ -22,7 +22,7 @@ from ._recovery import (
     Recovery,
 )
 from ._layout import Layout
-from ._mechanism import Mechanism, stable_id
+from ._mechanism import BASE_FIELDS, Mechanism, stable_id
 from ._memory import SOURCE_BLEND, SOURCE_EXTERNAL, Memory
 from ._record import VariableRecord
 from ._save import Save, Trajectory, empty_trajectory, extract
@@ -405,13 +405,8 @@ def _getter(ex: Executive, path: str):
     if owner in ex.layout.mech_index:
         i = ex.layout.mech_index[owner]
         m = ex.mechanisms[i]
-        if field not in {f.name for f in dataclasses.fields(m)} or field in (
-            "reads", "writes", "name", "run_in_safe_mode"
-        ):
-            params = [
-                f.name for f in dataclasses.fields(m)
-                if f.name not in ("reads", "writes", "name", "run_in_safe_mode")
-            ]
+        if field not in {f.name for f in dataclasses.fields(m)} or field in BASE_FIELDS:
+            params = [f.name for f in dataclasses.fields(m) if f.name not in BASE_FIELDS]
             raise ModelError(f"mechanism {owner!r} has no parameter {field!r}; its parameters: {params}")
         return lambda e: getattr(e.mechanisms[i], field)
     if owner in ex.layout.var_index:
@@ -489,7 +484,7 @@ def _init_jit(ex: Executive, key, overrides, active, aux) -> State:
         stats_=Stats.empty(n, dtype),
         memory=Memory.empty(tuple(v.memory for v in ex.variables), dtype),
         active_policy=z(n),
-        enabled=jnp.ones((m,), bool),
+        enabled=jnp.asarray(np.asarray([mech.enabled for mech in ex.mechanisms], bool).reshape(m)),
         proposed=jnp.zeros((m,), bool),
         invalid_proposals=z(m),
         invalid_first_step=neg(m),

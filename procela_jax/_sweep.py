@@ -61,7 +61,7 @@ class SweepInputs:
     >>> res = pj.sweep(pj.demos.sir.make_executive(), 5, seeds=[3, 4],
     ...                params={"sir.beta": [0.2, 0.4]}, save=None)
     >>> res.inputs.row(1)
-    {'seed': 4, 'init': {}, 'params': {'sir.beta': 0.4}}
+    {'seed': 4, 'init': {}, 'params': {'sir.beta': 0.4...}}
     """
 
     seeds: np.ndarray | None

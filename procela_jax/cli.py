@@ -89,7 +89,13 @@ FORMAT_VERSION = 1
 
 
 class CliError(Exception):
-    """A problem to report on one line (``code`` is the exit status)."""
+    """A problem to report on one line (``code`` is the exit status).
+
+    >>> from procela_jax.cli import CliError
+    >>> e = CliError("--steps must be a positive integer, got 0", code=2)
+    >>> str(e), e.code
+    ('--steps must be a positive integer, got 0', 2)
+    """
 
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)

@@ -43,10 +43,11 @@ array               dims                   meaning
 ``final_confidence`` scenario, var         confidences after the last step
 ``halted``          scenario               True if a FATAL invariant halted the scenario
 ``halted_at``       scenario               the step it halted at (-1: never)
+``halted_by``       scenario               index of that invariant in ``attrs["invariants"]`` (-1)
 ``attrs``           (scalar)               JSON: format, format_version, model,
                                            procela_jax_version, jax_version, steps,
                                            scenarios, seed, save_every, dims,
-                                           mechanisms, created (UTC, ISO 8601)
+                                           mechanisms, invariants, created (UTC, ISO 8601)
 ==================  =====================  =================================================
 
 Read it back with :func:`load_results` (arrays plus the parsed ``attrs``), or
@@ -77,9 +78,7 @@ import sys
 import tempfile
 import time
 
-import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._executive import Executive
@@ -90,7 +89,13 @@ FORMAT_VERSION = 1
 
 
 class CliError(Exception):
-    """A problem to report on one line (``code`` is the exit status)."""
+    """A problem to report on one line (``code`` is the exit status).
+
+    >>> from procela_jax.cli import CliError
+    >>> e = CliError("--steps must be a positive integer, got 0", code=2)
+    >>> str(e), e.code
+    ('--steps must be a positive integer, got 0', 2)
+    """
 
     def __init__(self, message: str, code: int = 1):
         super().__init__(message)
@@ -265,66 +270,25 @@ def _outputs(args, label):
     return out, png
 
 
-def _chunks(steps: int, every: int, target: int = 20):
-    """Chunk lengths (multiples of ``every`` but the last) for about ``target`` progress updates."""
-    size = every * max(1, round(steps / (target * every)))
-    full, rest = divmod(steps, size)
-    return [size] * full + ([rest] if rest else [])
-
-
 def simulate(ex, seeds, steps: int, save_every: int = 1, *, progress: bool = False):
-    """Run one scenario per seed (``jax.random.key(seed)``), batched with ``vmap``.
+    """Run one scenario per seed (``jax.random.key(seed)``) with :func:`procela_jax.sweep`.
 
-    Returns ``(final_state, arrays)`` where ``arrays`` holds ``value`` and
-    ``confidence`` of shape ``(scenarios, n_saved, n_variables)`` and ``step``.
-    Runs in jitted chunks (a progress bar advances after each).
+    Returns the :class:`SweepResult`: ``res.trajectory.data["value"]`` and
+    ``["confidence"]`` of shape ``(scenarios, n_saved, n_variables)``,
+    ``res.steps``, ``res.final`` and the halting record. The scenarios run
+    batched over every local device, in blocks of steps (the progress bar
+    advances after each).
 
     >>> import procela_jax as pj
     >>> from procela_jax.cli import simulate
-    >>> final, arrays = simulate(pj.demos.sir.make_executive(), [0, 1, 2], steps=10, save_every=5)
-    >>> arrays["value"].shape, arrays["step"].tolist()
+    >>> res = simulate(pj.demos.sir.make_executive(), [0, 1, 2], steps=10, save_every=5)
+    >>> res.trajectory.data["value"].shape, res.steps.tolist()
     ((3, 2, 3), [5, 10])
     """
+    from ._sweep import sweep
+
     save = Save(every=save_every, fields=("value", "confidence"))
-    states = _init_batch(ex, jnp.asarray(list(seeds), jnp.uint32))
-    values, confs, rows = [], [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, unit="step", desc=f"{len(seeds)} scenario{'s' * (len(seeds) != 1)}")
-    try:
-        for n in _chunks(steps, save_every):
-            states, traj = _run_batch(ex, states, n, save)
-            if traj.data:
-                values.append(np.asarray(traj.data["value"]))
-                confs.append(np.asarray(traj.data["confidence"]))
-                rows.append(np.asarray(traj.steps)[0])
-            else:
-                jax.block_until_ready(states.values)
-            if bar is not None:
-                bar.update(n)
-    finally:
-        if bar is not None:
-            bar.close()
-    n_var = len(ex.layout.variables)
-    cat = lambda xs, shape: np.concatenate(xs, axis=1) if xs else np.zeros(shape)  # noqa: E731
-    arrays = {
-        "value": cat(values, (len(seeds), 0, n_var)),
-        "confidence": cat(confs, (len(seeds), 0, n_var)),
-        "step": np.concatenate(rows).astype(np.int64) if rows else np.zeros((0,), np.int64),
-    }
-    return states, arrays
-
-
-@eqx.filter_jit
-def _init_batch(ex, seeds):
-    return jax.vmap(lambda seed: ex.init(jax.random.key(seed)))(seeds)
-
-
-@eqx.filter_jit
-def _run_batch(ex, states, steps, save):
-    return jax.vmap(lambda s: ex.run(s, steps, save=save))(states)
+    return sweep(ex, steps, seeds=np.asarray(list(seeds), np.int64), save=save, progress=progress)
 
 
 def _run(args) -> int:
@@ -338,9 +302,12 @@ def _run(args) -> int:
     if seeds[-1] >= 2**32:
         raise CliError(f"seeds must be below 2**32; --seed {args.seed} with {args.scenarios} scenarios exceeds it", code=2)
     t0 = time.perf_counter()
-    final, arrays = simulate(ex, seeds, args.steps, args.save_every, progress=not args.no_progress)
+    res = simulate(ex, seeds, args.steps, args.save_every, progress=not args.no_progress)
     elapsed = time.perf_counter() - t0
     names = list(ex.layout.variables)
+    n_var = len(names)
+    data = res.trajectory.data if res.trajectory is not None else {}
+    empty = np.zeros((args.scenarios, 0, n_var), np.dtype(ex.dtype))
     attrs = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -361,20 +328,23 @@ def _run(args) -> int:
             "final_confidence": ["scenario", "variable"],
             "halted": ["scenario"],
             "halted_at": ["scenario"],
+            "halted_by": ["scenario"],
         },
         "mechanisms": list(ex.layout.mechanisms),
+        "invariants": list(ex.layout.invariants),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     results = {
-        "value": arrays["value"],
-        "confidence": arrays["confidence"],
-        "step": arrays["step"],
+        "value": np.asarray(data.get("value", empty)),
+        "confidence": np.asarray(data.get("confidence", empty)),
+        "step": np.asarray(res.steps, np.int64),
         "seed": np.asarray(seeds, np.int64),
         "variable": np.asarray(names, dtype=str),
-        "final_value": np.asarray(final.values),
-        "final_confidence": np.asarray(final.confidences),
-        "halted": np.asarray(final.halted, bool),
-        "halted_at": np.asarray(final.halted_at, np.int32),
+        "final_value": np.asarray(res.final.values),
+        "final_confidence": np.asarray(res.final.confidences),
+        "halted": np.asarray(res.halted, bool),
+        "halted_at": np.asarray(res.halted_at, np.int32),
+        "halted_by": np.asarray(res.halted_by, np.int32),
         "attrs": np.asarray(json.dumps(attrs)),
     }
     _write_npz(out, results, force=args.force)
@@ -382,7 +352,7 @@ def _run(args) -> int:
     halted = int(results["halted"].sum())
     print(
         f"procela-jax: {args.scenarios} scenario(s) x {args.steps} steps of {label} in {elapsed:.2f} s; "
-        f"wrote {out} ({len(arrays['step'])} saved steps x {len(names)} variables) and {png}"
+        f"wrote {out} ({len(results['step'])} saved steps x {n_var} variables) and {png}"
         + (f"; {halted} scenario(s) halted by a FATAL invariant" if halted else "")
     )
     return 0

@@ -45,7 +45,7 @@ class InvariantSoftness(enum.Enum):
     SOFT = "soft"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class SystemInvariant:
     """An invariant: ``condition(snapshot)`` must hold; when it does not, the
     violation is counted and ``on_violation(state, snapshot) -> state`` is applied.

@@ -12,6 +12,7 @@ several starting points run together under ``vmap``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -505,6 +506,15 @@ def _starts(params, x0, starts, spread, key):
     return out, k
 
 
+@functools.lru_cache(maxsize=1)
+def _default_optimizer():
+    """One ``optax.adam(0.05)`` for every call (an equal configuration reuses the
+    compilation; a new optimiser object would not)."""
+    import optax
+
+    return optax.adam(0.05)
+
+
 def calibrate(
     ex: Executive,
     data: Mapping,
@@ -542,7 +552,8 @@ def calibrate(
             ``eqx.is_inexact_array``), whose leaves are named ``"<mechanism>.<field>"``.
         steps: length of each run (default: one past the last observed step).
         optimizer: an optax ``GradientTransformation`` (default ``optax.adam(0.05)``).
-            It works on the unconstrained parameters.
+            It works on the unconstrained parameters. Repeated calls with the same
+            optimiser object, loss function and shapes reuse one compilation.
         iterations: optimiser steps (``len(history.loss) == iterations`` unless ``tol``
             stops the fit earlier).
         seed, key: the PRNG key of the runs is ``jax.random.key(seed)`` (or ``key``),
@@ -609,9 +620,7 @@ def calibrate(
     else:
         remat, segment = True, int(remat)
     if optimizer is None:
-        import optax
-
-        optimizer = optax.adam(0.05)
+        optimizer = _default_optimizer()
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"calibrate: optimizer must be an optax GradientTransformation, got {optimizer!r}")
     loss_fn = mse_loss if loss is None else loss

@@ -399,6 +399,14 @@ class _Config:
     optimizer: Any
 
 
+def _takes_extra_args(opt) -> bool:
+    try:
+        import optax
+    except ImportError:  # pragma: no cover - optax is a dependency
+        return False
+    return isinstance(opt, optax.GradientTransformationExtraArgs)
+
+
 def _objective(cfg: _Config, theta, ex: Executive, key, obs, idx):
     """The loss of one parameter set (unconstrained ``theta``)."""
     dtype = jnp.dtype(ex.dtype)
@@ -431,7 +439,14 @@ def _iteration(cfg: _Config, carry, ex, key, obs, idx, active):
         calm_new, converged = calm, jnp.asarray(False)
     better = active & finite & (val < best_loss)
     g = jax.tree.map(lambda a: jnp.where(finite, a, 0), g)
-    updates, new_opt = cfg.optimizer.update(g, opt_state, theta)
+    opt = cfg.optimizer
+    if _takes_extra_args(opt):  # e.g. optax.lbfgs (line search), optax.contrib.reduce_on_plateau
+        updates, new_opt = opt.update(
+            g, opt_state, theta, value=val, grad=g,
+            value_fn=lambda th: _objective(cfg, th, ex, key, obs, idx),
+        )
+    else:
+        updates, new_opt = opt.update(g, opt_state, theta)
     new_theta = jax.tree.map(lambda a, b: a + b, theta, updates)
     move = active & finite & ~converged
     new_carry = (
@@ -552,7 +567,9 @@ def calibrate(
             ``eqx.is_inexact_array``), whose leaves are named ``"<mechanism>.<field>"``.
         steps: length of each run (default: one past the last observed step).
         optimizer: an optax ``GradientTransformation`` (default ``optax.adam(0.05)``).
-            It works on the unconstrained parameters. Repeated calls with the same
+            It works on the unconstrained parameters; transformations that take
+            extra arguments get ``value``, ``grad`` and ``value_fn`` (so
+            ``optax.lbfgs()`` and its line search work). Repeated calls with the same
             optimiser object, loss function and shapes reuse one compilation.
         iterations: optimiser steps (``len(history.loss) == iterations`` unless ``tol``
             stops the fit earlier).

@@ -150,7 +150,9 @@ def test_masked_slots_are_ignored_and_nan_safe(policy):
         assert np.all(g[~m] == 0)
 
 
-def test_batched_rows_equal_row_by_row():
+def test_rows_of_a_batch_are_independent():
+    """Leading axes batch several variables: a row's result does not depend on the
+    other rows (replaced here by garbage, NaN included)."""
     rng = np.random.default_rng(0)
     v = rng.normal(size=(4, 5)).astype(np.float32)
     c = rng.uniform(size=(4, 5)).astype(np.float32)
@@ -159,9 +161,12 @@ def test_batched_rows_equal_row_by_row():
     for policy in SOFT:
         batch = _resolve(policy, v, c, w, m)
         for i in range(4):
-            row = _resolve(policy, v[i], c[i], w[i], m[i])
-            np.testing.assert_allclose(batch[0][i], row[0], rtol=1e-6, atol=1e-6)
-            np.testing.assert_allclose(batch[1][i], row[1], rtol=1e-6, atol=1e-6)
+            junk = [np.where(np.arange(4)[:, None] == i, a, b) for a, b in
+                    ((v, np.full_like(v, np.nan)), (c, rng.uniform(size=c.shape).astype(np.float32)),
+                     (w, np.ones_like(w)), (m, ~m))]
+            row = _resolve(policy, *junk)
+            np.testing.assert_allclose(row[0][i], batch[0][i], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(row[1][i], batch[1][i], rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------- values and gradients vs formulas

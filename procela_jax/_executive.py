@@ -28,7 +28,7 @@ from ._record import VariableRecord
 from ._save import Save, Trajectory, empty_trajectory, extract
 from ._state import State, commit_records
 from ._statistics import Stats
-from ._variable import Variable
+from ._variable import Variable, apply_validators
 from ._view import View
 
 #: Incremented each time a step or a run is traced (tests use it to catch recompiles).
@@ -164,25 +164,9 @@ class Executive(eqx.Module):
         variables = tuple(variables)
         mechanisms = tuple(mechanisms)
         invariants = tuple(invariants)
-        # ---- variables
-        for v in variables:
-            if not isinstance(v, Variable):
-                raise ModelError(f"Executive: variables must be Variable objects, got {v!r}")
-        names = [v.name for v in variables]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ModelError(f"Executive: duplicate variable names {dup}")
+        names = _unique_names("variable", variables, Variable)
         known = set(names)
-        # ---- mechanisms
-        for m in mechanisms:
-            if not isinstance(m, Mechanism):
-                raise ModelError(f"Executive: mechanisms must be Mechanism instances, got {m!r}")
-        mnames = [m.name for m in mechanisms]
-        dup = sorted({n for n in mnames if mnames.count(n) > 1})
-        if dup:
-            raise ModelError(
-                f"Executive: duplicate mechanism names {dup}; give each a unique name=..."
-            )
+        mnames = _unique_names("mechanism", mechanisms, Mechanism)
         for m in mechanisms:
             if not isinstance(m.name, str) or not m.name or "." in m.name:
                 raise ModelError(f"mechanism name {m.name!r} must be a non-empty string without '.'")
@@ -206,14 +190,7 @@ class Executive(eqx.Module):
             mechanisms = tuple(mechanisms[mnames.index(o)] for o in order)
             mnames = order
         self.mechanisms = tuple(_to_arrays(m, dtype) for m in mechanisms)
-        # ---- invariants
-        for inv in invariants:
-            if not isinstance(inv, SystemInvariant):
-                raise ModelError(f"Executive: invariants must be SystemInvariant objects, got {inv!r}")
-        inames = [i.name for i in invariants]
-        dup = sorted({n for n in inames if inames.count(n) > 1})
-        if dup:
-            raise ModelError(f"Executive: duplicate invariant names {dup}")
+        inames = _unique_names("invariant", invariants, SystemInvariant)
         for label, fn in (("pre_step", pre_step), ("post_step", post_step), ("schedule", schedule)):
             if fn is not None and not callable(fn):
                 raise ModelError(f"Executive: {label} must be callable, got {fn!r}")
@@ -410,6 +387,17 @@ class Executive(eqx.Module):
 
 
 # ------------------------------------------------------------------------------
+def _unique_names(kind: str, items, cls) -> list[str]:
+    for item in items:
+        if not isinstance(item, cls):
+            raise ModelError(f"Executive: each {kind} must be a {cls.__name__}, got {item!r}")
+    names = [item.name for item in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ModelError(f"Executive: duplicate {kind} names {dup}; give each a unique name")
+    return names
+
+
 def _getter(ex: Executive, path: str):
     if not isinstance(path, str) or path.count(".") != 1:
         raise ModelError(f"parameter path {path!r} must look like '<mechanism>.<field>' or '<variable>.init'")
@@ -455,26 +443,42 @@ def _setter(ex: Executive, path: str):
 
 
 def _init(ex: Executive, key, init, active_invariants, aux) -> State:
+    """Resolve names and labels here (Python), then build the state in one jitted call:
+    eager construction compiled dozens of tiny ops for every new model."""
+    layout = ex.layout
+    k = len(layout.invariants)
+    dtype = jnp.dtype(ex.dtype)
+    overrides = {}
+    for name, v in (init or {}).items():
+        i = layout.var(name)
+        if isinstance(v, (int, float, str, bool)):
+            v = ex.variables[i].encode(v)
+        overrides[i] = jnp.asarray(v, dtype)
+    if active_invariants is None:
+        active = np.ones((k,), bool)
+    elif isinstance(active_invariants, dict):
+        active = {layout.inv(name): jnp.asarray(on, bool) for name, on in active_invariants.items()}
+    else:
+        chosen = {layout.inv(nm) for nm in active_invariants}
+        active = np.asarray([i in chosen for i in range(k)], bool)
+    aux = None if aux is None else _to_arrays(aux, dtype)
+    return _init_jit(ex, key, overrides, active, aux)
+
+
+@eqx.filter_jit
+def _init_jit(ex: Executive, key, overrides, active, aux) -> State:
     layout = ex.layout
     n, m, k = len(layout.variables), len(layout.mechanisms), len(layout.invariants)
     dtype = jnp.dtype(ex.dtype)
     values = ex.init_values
-    if init:
-        for name, v in init.items():
-            i = layout.var(name)
-            var = ex.variables[i]
-            if isinstance(v, (int, float, str, bool)):
-                v = var.encode(v)
-            values = values.at[i].set(jnp.asarray(v, dtype))
-    if active_invariants is None:
+    for i, v in overrides.items():
+        values = values.at[i].set(v)
+    if isinstance(active, dict):
         inv_active = jnp.ones((k,), bool)
-    elif isinstance(active_invariants, dict):
-        inv_active = jnp.ones((k,), bool)
-        for name, on in active_invariants.items():
-            inv_active = inv_active.at[layout.inv(name)].set(on)
+        for i, on in active.items():
+            inv_active = inv_active.at[i].set(on)
     else:
-        chosen = {layout.inv(nm) for nm in active_invariants}
-        inv_active = jnp.asarray([i in chosen for i in range(k)], bool)
+        inv_active = jnp.asarray(active)
     z = lambda size: jnp.zeros((size,), jnp.int32)
     neg = lambda size: jnp.full((size,), -1, jnp.int32)
     state = State(
@@ -528,6 +532,11 @@ def _check_phase(ex: Executive, state: State, phase: InvariantPhase, pending=Non
     for k, inv in enumerate(ex.invariants):
         if inv.phase is not phase:
             continue
+        if inv.update is not None:
+            def track(s, update=inv.update, name=inv.name):
+                return _match_types(update(s, View(s, pending)), s, f"the update of invariant {name!r}")
+
+            state = jax.lax.cond(state.invariant_active[k] & ~state.halted, track, lambda s: s, state)
         view = View(state, pending)
         ok = jnp.asarray(inv.condition(view))
         if ok.shape != () :
@@ -628,8 +637,14 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     state = eqx.tree_at(lambda s: s.proposed, state, mech_active)
     valid = jnp.isfinite(pv) & jnp.isfinite(pc) & (pc >= 0) & (pc <= 1) & jnp.isfinite(pw) & (pw >= 0)
     if m:
-        bad = prop_active & ~valid
-        per_mech = jax.ops.segment_sum(bad.astype(jnp.int32), np.asarray(plan.prop_mech, np.int32), m)
+        bad = (prop_active & ~valid).astype(jnp.int32)
+        if m <= 64:  # proposals of a mechanism are contiguous: static slices fuse
+            bounds = np.searchsorted(np.asarray(plan.prop_mech), np.arange(m + 1))
+            per_mech = jnp.stack(
+                [jnp.sum(bad[a:b], dtype=jnp.int32) for a, b in zip(bounds[:-1], bounds[1:])]
+            )
+        else:
+            per_mech = jax.ops.segment_sum(bad, np.asarray(plan.prop_mech, np.int32), m)
         first = jnp.where((per_mech > 0) & (state.invalid_first_step < 0), t, state.invalid_first_step)
         state = eqx.tree_at(
             lambda s: (s.invalid_proposals, s.invalid_first_step),
@@ -647,6 +662,8 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     else:
         sv = sc = sw = jnp.zeros((n, 0), jnp.dtype(ex.dtype))
         smask = jnp.zeros((n, 0), bool)
+    if width and any(v.validators for v in ex.variables):
+        smask = apply_validators(ex.variables, sv, sc, smask)
     slot_mech = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
     pending = dict(values=sv, confidences=sc, weights=sw, mask=smask, sources=jnp.asarray(slot_mech))
     state = guarded(before, state)
@@ -658,7 +675,8 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     res_c = state.confidences
     winner = jnp.full((n,), -1, jnp.int32)
     for policies, members in plan.groups:
-        idx = np.asarray(members)
+        whole = tuple(members) == tuple(range(n))
+        idx = slice(None) if whole else np.asarray(members)
         gv, gc, gw, gm = sv[idx], sc[idx], sw[idx], smask[idx]
         outs = [p.resolve(gv, gc, gw, gm) for p in policies]
         if len(outs) == 1:
@@ -667,9 +685,13 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
             choice = state.active_policy[idx]
             pick = lambda j: jnp.select([choice == q for q in range(len(outs))], [o[j] for o in outs])
             v, c, w = pick(0), pick(1), pick(2)
-        res_v = res_v.at[idx].set(jnp.asarray(v, res_v.dtype))
-        res_c = res_c.at[idx].set(jnp.asarray(c, res_c.dtype))
-        winner = winner.at[idx].set(jnp.asarray(w, jnp.int32))
+        if whole:
+            res_v, res_c = jnp.asarray(v, res_v.dtype), jnp.asarray(c, res_c.dtype)
+            winner = jnp.asarray(w, jnp.int32)
+        else:
+            res_v = res_v.at[idx].set(jnp.asarray(v, res_v.dtype))
+            res_c = res_c.at[idx].set(jnp.asarray(c, res_c.dtype))
+            winner = winner.at[idx].set(jnp.asarray(w, jnp.int32))
     has_value = jnp.any(smask, axis=-1) if width else jnp.zeros((n,), bool)
     source = jnp.where(
         winner >= 0,
@@ -724,24 +746,34 @@ def _recovering_step(ex: Executive, state: State) -> State:
     cand = _step_impl(ex, state)
     failed, kind, who = _failure(ex, state, cand)
     attempts = jnp.asarray(1, jnp.int32)
+    # what every attempt recorded: counts add up, first/last steps are this step's
+    tally = (cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
+             cand.violation_first_step, cand.violation_last_step)
     for r in range(1, rec.retries + 1):
         def retry(_, r=r):
             return _step_impl(ex, state, retry=r)
 
         again = jax.lax.cond(failed, retry, lambda c: c, cand)
-        attempts = attempts + failed.astype(jnp.int32)
+        ran = failed
+        attempts = attempts + ran.astype(jnp.int32)
+        tally = (
+            tally[0] + jnp.where(ran, again.invalid_proposals - state.invalid_proposals, 0),
+            jnp.where(tally[1] >= 0, tally[1], again.invalid_first_step),
+            tally[2] + jnp.where(ran, again.violation_count - state.violation_count, 0),
+            jnp.where(tally[3] >= 0, tally[3], again.violation_first_step),
+            jnp.maximum(tally[4], again.violation_last_step),
+        )
         cand = again
         still, _, _ = _failure(ex, state, cand)
         failed = failed & still
+    counters = lambda s: (s.invalid_proposals, s.invalid_first_step, s.violation_count,
+                          s.violation_first_step, s.violation_last_step)
+    cand = eqx.tree_at(counters, cand, tally)
     # every attempt failed: keep the previous world, skip the step, keep the counters
     rolled = eqx.tree_at(
-        lambda s: (s.step, s.invalid_proposals, s.invalid_first_step, s.violation_count,
-                   s.violation_first_step, s.violation_last_step, s.safe_mode, s.halted,
-                   s.halted_by, s.halted_at),
+        lambda s: (s.step, *counters(s), s.safe_mode, s.halted, s.halted_by, s.halted_at),
         state,
-        (state.step + 1, cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
-         cand.violation_first_step, cand.violation_last_step, cand.safe_mode, cand.halted,
-         cand.halted_by, cand.halted_at),
+        (state.step + 1, *tally, cand.safe_mode, cand.halted, cand.halted_by, cand.halted_at),
     )
     out = _tree_where(failed, rolled, cand)
     first_failed = (attempts > 1) | failed
@@ -849,8 +881,10 @@ def _trial_trace(ex: Executive) -> None:
             )
         for k, rec in out.items():
             if not isinstance(rec, VariableRecord):
+                # the trial trace turns numbers and arrays into ShapeDtypeStructs
+                what = "a bare number or array" if isinstance(rec, jax.ShapeDtypeStruct) else type(rec).__name__
                 raise ModelError(
-                    f"mechanism {mech.name!r} returned {type(rec).__name__} for {k!r}; "
+                    f"mechanism {mech.name!r} returned {what} for {k!r}; "
                     "return a procela_jax.VariableRecord(value, confidence=...)"
                 )
             for field in ("value", "confidence", "weight"):

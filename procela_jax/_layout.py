@@ -35,25 +35,13 @@ class Layout:
         return {n: i for i, n in enumerate(self.invariants)}
 
     def var(self, name) -> int:
-        name = getattr(name, "name", name)
-        try:
-            return self.var_index[name]
-        except KeyError:
-            raise KeyError(f"unknown variable {name!r}; known variables: {list(self.variables)}") from None
+        return _lookup("variable", self.var_index, name)
 
     def mech(self, name) -> int:
-        name = getattr(name, "name", name)
-        try:
-            return self.mech_index[name]
-        except KeyError:
-            raise KeyError(f"unknown mechanism {name!r}; known mechanisms: {list(self.mechanisms)}") from None
+        return _lookup("mechanism", self.mech_index, name)
 
     def inv(self, name) -> int:
-        name = getattr(name, "name", name)
-        try:
-            return self.inv_index[name]
-        except KeyError:
-            raise KeyError(f"unknown invariant {name!r}; known invariants: {list(self.invariants)}") from None
+        return _lookup("invariant", self.inv_index, name)
 
     def policy(self, var: int, policy) -> int:
         """Index of ``policy`` (a type, an instance, a name or an int) among a variable's candidates."""
@@ -74,3 +62,11 @@ class Layout:
                 f"policies are {list(cands)} (declare it with Variable(..., alternatives=[...]))"
             )
         return cands.index(key)
+
+
+def _lookup(kind: str, table: dict[str, int], name) -> int:
+    name = getattr(name, "name", name)
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"unknown {kind} {name!r}; known {kind}s: {list(table)}") from None

@@ -56,31 +56,22 @@ class Save:
         object.__setattr__(self, "fields", fields)
 
 
+_GETTERS = {
+    "value": lambda s: s.values,
+    "confidence": lambda s: s.confidences,
+    "policy": lambda s: s.active_policy,
+    "count": lambda s: s.stats_.count,
+    "mean": lambda s: s.stats_.mean,
+    "std": lambda s: s.stats_.std,
+    "ewma": lambda s: s.stats_.ewma,
+    "min": lambda s: s.stats_.min,
+    "max": lambda s: s.stats_.max,
+}
+
+
 def extract(state, names_idx, fields):
     """The saved quantities of one state, as a dict field -> array (n_selected,)."""
-    out = {}
-    st = state.stats_
-    for f in fields:
-        if f == "value":
-            a = state.values
-        elif f == "confidence":
-            a = state.confidences
-        elif f == "policy":
-            a = state.active_policy
-        elif f == "count":
-            a = st.count
-        elif f == "mean":
-            a = st.mean
-        elif f == "std":
-            a = st.std
-        elif f == "ewma":
-            a = st.ewma
-        elif f == "min":
-            a = st.min
-        elif f == "max":
-            a = st.max
-        out[f] = a[..., names_idx]
-    return out
+    return {f: _GETTERS[f](state)[..., names_idx] for f in fields}
 
 
 class Trajectory(eqx.Module):

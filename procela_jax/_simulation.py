@@ -171,6 +171,24 @@ class Simulation:
                 stacklevel=3,
             )
 
+    # ---- structure changes (a new executive, the state carried over) ------------
+    def _restructure(self, executive: Executive) -> None:
+        self.state = executive.carry_over(self.state)
+        self.executive = executive
+
+    def add_mechanism(self, mechanism) -> None:
+        """Add a mechanism; values, memory, statistics and counters are kept."""
+        self._restructure(self.executive.add_mechanism(mechanism))
+
+    def remove_mechanism(self, name) -> None:
+        self._restructure(self.executive.remove_mechanism(name))
+
+    def add_invariant(self, invariant) -> None:
+        self._restructure(self.executive.add_invariant(invariant))
+
+    def remove_invariant(self, name) -> None:
+        self._restructure(self.executive.remove_invariant(name))
+
     def run_experiment(self, steps: int, *, save: Save | None = Save()):
         """A what-if run from the current state: returns ``(state, trajectory)`` and
         leaves the simulation where it was."""

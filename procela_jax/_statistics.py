@@ -6,6 +6,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._policy import unfused
+
 
 class Stats(eqx.Module):
     """Running statistics of the records committed to a variable.
@@ -54,13 +56,16 @@ class Stats(eqx.Module):
         """Commit a record where ``commit``; ``numeric`` marks commits that carry a value
         (the others are the original's ``None`` conclusions: count only)."""
         upd = commit & numeric
-        first = self.count == 0
+        first = ~self.has_value
         x = jnp.where(upd, value, 0)
-        ewma = jnp.where(first, x, alpha * x + one_minus_alpha * jnp.where(first, 0, self.ewma))
+        # products are kept apart from the sums that consume them (``unfused``), so
+        # they round exactly like the original's Python arithmetic
+        prev = jnp.where(first, 0, self.ewma)
+        ewma = jnp.where(first, x, unfused(alpha * x) + unfused(one_minus_alpha * prev))
         return Stats(
             count=self.count + commit.astype(self.count.dtype),
             sum=jnp.where(upd, self.sum + x, self.sum),
-            sumsq=jnp.where(upd, self.sumsq + x**2, self.sumsq),
+            sumsq=jnp.where(upd, self.sumsq + unfused(x * x), self.sumsq),
             min=jnp.where(upd, jnp.minimum(self.min, x), self.min),
             max=jnp.where(upd, jnp.maximum(self.max, x), self.max),
             last=jnp.where(upd, x, self.last),
@@ -72,21 +77,27 @@ class Stats(eqx.Module):
         return Stats(*(getattr(self, f)[..., i] for f in _FIELDS))
 
     @property
+    def has_value(self) -> Array:
+        """Whether a value was ever committed (``None`` conclusions carry none)."""
+        return ~(self.min > self.max)  # min > max only while empty (inf > -inf)
+
+    @property
     def mean(self) -> Array:
-        c = self.count.astype(self.sum.dtype)
-        return jnp.where(self.count > 0, self.sum / jnp.where(self.count > 0, c, 1), jnp.nan)
+        ok = (self.count > 0) & self.has_value
+        c = jnp.where(ok, self.count, 1).astype(self.sum.dtype)
+        return jnp.where(ok, self.sum / c, jnp.nan)
 
     @property
     def variance(self) -> Array:
         c = jnp.where(self.count > 0, self.count, 1).astype(self.sum.dtype)
         mean = self.sum / c
-        var = jnp.maximum(self.sumsq / c - mean**2, 0.0)
-        return jnp.where(self.count >= 2, var, jnp.nan)
+        var = jnp.maximum(self.sumsq / c + unfused(-(mean * mean)), 0.0)  # mean² rounded alone
+        return jnp.where((self.count >= 2) & self.has_value, var, jnp.nan)
 
     @property
     def std(self) -> Array:
         var = self.variance
-        ok = self.count >= 2
+        ok = (self.count >= 2) & self.has_value
         return jnp.where(ok, jnp.sqrt(jnp.where(ok, var, 1.0)), jnp.nan)
 
     @property

@@ -401,3 +401,17 @@ def test_schedule_decides_which_mechanisms_run():
         schedule=lambda v: {"odd": v.step % 2 == 1, "even": v.step % 2 == 0},
     )
     np.testing.assert_allclose(values(ex, ex.init(jax.random.key(0)), 4), [2.0, 1.0, 2.0, 1.0])
+
+
+def test_simulation_restructures_and_keeps_history():
+    X = var()
+    ex = pj.Executive(variables=[X], mechanisms=[Step(delta=1.0, writes=[X], reads=[X], name="up")])
+    sim = pj.Simulation(ex, seed=0)
+    sim.run(3)
+    sim.add_mechanism(Step(delta=3.0, writes=[X], reads=[X], name="up3"))
+    sim.run(2)
+    sim.remove_mechanism("up3")
+    sim.add_invariant(pj.SystemInvariant("cap", lambda v: v["X"] < 9, phase=P.POST, severity=S.INFO))
+    sim.run(2)
+    np.testing.assert_allclose(sim.history("X"), [0, 1, 2, 3, 5, 7, 8, 9])
+    assert int(sim.state.violations("cap")) == 1 and int(sim.stats("X").count) == 8

@@ -23,6 +23,7 @@ Sections (every ratio is measured in this one process):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.resources
 import math
 import time
@@ -36,14 +37,18 @@ import procela_jax as pj
 from procela_jax._calibrate import _Config, _objective, _resolve_params, _simulate, mse_loss
 
 
-def best_time(fn, *args, repeat=20):
-    jax.block_until_ready(fn(*args))  # compile
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t)
-    return min(times)
+def interleaved(fns: dict, rounds=60):
+    """Best time of each function over ``rounds`` interleaved rounds (each round
+    calls every function once), so all of them see the same machine load."""
+    for f in fns.values():
+        jax.block_until_ready(f())  # compile
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            jax.block_until_ready(f())
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
 
 
 def _config(plist, names, steps, remat=False, segment=None):
@@ -53,74 +58,76 @@ def _config(plist, names, steps, remat=False, segment=None):
 
 
 # ------------------------------------------------------------------ speed
-def speed(steps=120):
-    print(f"== speed: the SIR demo (two theories, weighted voting), {steps} steps, float32, CPU")
+def speed(horizons=(120, 1000)):
+    from procela_jax._calibrate import _fittable, _run_chunk, _unconstrain
+
     ex = pj.demos.sir.make_executive()
     key = jax.random.key(0)
-    t_obs = jnp.arange(0, steps, 2)
-    _, traj = ex.run(ex.init(key), steps=steps)
-    obs = {"I": traj.value("I")[t_obs] * 1.05}
-    idx = (t_obs,)
-    all_params = [n for n in pj._calibrate._fittable(ex) if not n.endswith(".population")
-                  and n not in ("R.init",)]
-    fwd = jax.jit(lambda e, k: _simulate(e, k, steps, ("I",), False))
-    t_fwd = best_time(fwd, ex, key, repeat=50)
-    print(f"  forward run (trajectory of I)      {t_fwd * 1e3:8.3f} ms")
-    for plist_names in (["sir.beta", "sir.gamma"], all_params):
-        plist = _resolve_params(ex, plist_names, None)
-        cfg = _config(plist, ("I",), steps)
-        theta = tuple(jnp.asarray(p.get(ex)) for p in plist)
-        loss = jax.jit(lambda th, e: _objective(cfg, th, e, key, obs, idx))
-        vg = jax.jit(jax.value_and_grad(lambda th, e: _objective(cfg, th, e, key, obs, idx)))
-        opt = cfg.optimizer
-        state = opt.init(theta)
+    all_params = [n for n in _fittable(ex) if not n.endswith(".population") and n != "R.init"]
+    for steps in horizons:
+        print(f"== speed: the SIR demo (two theories, weighted voting), {steps} steps, float32, "
+              f"{jax.default_backend()}; best of interleaved rounds")
+        t_obs = jnp.arange(0, steps, 2)
+        _, traj = ex.run(ex.init(key), steps=steps)
+        obs = {"I": traj.value("I")[t_obs] * 1.05}
+        idx = (t_obs,)
+        for names in (["sir.beta", "sir.gamma"], all_params):
+            plist = _resolve_params(ex, names, None)
+            P = len(plist)
+            cfg = _config(plist, ("I",), steps)
+            opt = cfg.optimizer
+            theta = tuple(jnp.asarray(p.get(ex)) for p in plist)
+            state = opt.init(theta)
+            obj = lambda th, e: _objective(cfg, th, e, key, obs, idx)
+            loss = jax.jit(obj)
+            vg = jax.jit(jax.value_and_grad(obj))
 
-        @jax.jit
-        def step(th, s, e):
-            v, g = jax.value_and_grad(lambda t: _objective(cfg, t, e, key, obs, idx))(th)
-            u, s = opt.update(g, s, th)
-            return optax.apply_updates(th, u), s, v
+            @jax.jit
+            def step(th, s, e):
+                v, g = jax.value_and_grad(obj)(th, e)
+                u, s = opt.update(g, s, th)
+                return optax.apply_updates(th, u), s, v
 
-        P = len(plist)
-        t_loss = best_time(loss, theta, ex, repeat=50)
-        if P == 2:
-            t_loss2 = t_loss
-        t_grad = best_time(vg, theta, ex, repeat=50)
-        t_step = best_time(step, theta, state, ex, repeat=50)
+            eye = jnp.eye(P)
 
-        def fd_loop(th, e):
-            g = []
-            for i in range(P):
-                h = 1e-3
-                up = tuple(t + h if j == i else t for j, t in enumerate(th))
-                dn = tuple(t - h if j == i else t for j, t in enumerate(th))
-                g.append((loss(up, e) - loss(dn, e)) / (2 * h))
-            return g
+            @jax.jit
+            def fd_vmap(th, e):
+                flat = jnp.stack(th)
+                pts = jnp.concatenate([flat + 1e-3 * eye, flat - 1e-3 * eye])
+                vals = jax.vmap(lambda x: obj(tuple(x), e))(pts)
+                return (vals[:P] - vals[P:]) / 2e-3
 
-        eye = jnp.eye(P)
+            def fd_loop():
+                out = []
+                for i in range(P):
+                    up = tuple(t + 1e-3 if j == i else t for j, t in enumerate(theta))
+                    dn = tuple(t - 1e-3 if j == i else t for j, t in enumerate(theta))
+                    out.append((loss(up, ex) - loss(dn, ex)) / 2e-3)
+                return out
 
-        @jax.jit
-        def fd_vmap(th, e):
-            flat = jnp.stack(th)
-            pts = jnp.concatenate([flat + 1e-3 * eye, flat - 1e-3 * eye])
-            vals = jax.vmap(lambda x: _objective(cfg, tuple(x), e, key, obs, idx))(pts)
-            return (vals[:P] - vals[P:]) / 2e-3
-
-        t_fdl = best_time(fd_loop, theta, ex, repeat=5)
-        t_fdv = best_time(fd_vmap, theta, ex)
-        print(f"  {P:2d} parameters: loss (forward + MSE) {t_loss * 1e3:7.3f} ms | value+gradient "
-              f"{t_grad * 1e3:7.3f} ms ({t_grad / t_loss:4.2f}x the loss) | adam step {t_step * 1e3:7.3f} ms "
-              f"({t_step / t_loss:4.2f}x the loss)")
-        print(f"                finite differences: looped {t_fdl * 1e3:8.3f} ms ({t_fdl / t_grad:5.1f}x the "
-              f"gradient), vmapped {t_fdv * 1e3:8.3f} ms ({t_fdv / t_grad:4.1f}x)")
-    # inside calibrate: the host loop over jitted chunks
-    y = np.asarray(obs["I"])
-    run = lambda it: pj.calibrate(ex, {"I": (np.asarray(t_obs), y)}, ["sir.beta", "sir.gamma"], steps=steps,
-                                  iterations=it, chunk=50, progress=False)[1].seconds
-    first = run(50)  # compiles
-    per_it = min((run(550) - run(50)) / 500 for _ in range(3))
-    print(f"  calibrate(): {per_it * 1e3:.3f} ms per iteration in its loop ({per_it / t_loss2:.2f}x the loss "
-          f"evaluation), first call {first:.1f} s with compilation")
+            # calibrate's own loop body: a jitted chunk of 20 optimiser steps (vmap over 1 start)
+            chunk = 20
+            cfg_c = dataclasses.replace(cfg, chunk=chunk)
+            th0 = tuple(jnp.asarray(_unconstrain(np.asarray(t), None))[None] for t in theta)
+            z = jnp.zeros((1,), jnp.int32)
+            carry = (th0, jax.vmap(opt.init)(th0), th0, jnp.full((1,), jnp.inf), jnp.full((1,), jnp.inf), z,
+                     jnp.zeros((1,), bool), z, z)
+            run_chunk = lambda: _run_chunk(cfg_c, carry, ex, key, obs, idx, jnp.int32(0), jnp.int32(chunk))
+            best = interleaved({
+                "loss": lambda: loss(theta, ex),
+                "value+gradient": lambda: vg(theta, ex),
+                "adam step": lambda: step(theta, state, ex),
+                "calibrate loop (per iteration)": run_chunk,
+                "FD, vmapped": lambda: fd_vmap(theta, ex),
+                "FD, looped": fd_loop,
+            }, rounds=40 if steps < 500 else 15)
+            best["calibrate loop (per iteration)"] /= chunk
+            base = best["loss"]
+            print(f"  {P:2d} parameters   (one forward run + loss: {base * 1e3:.3f} ms)")
+            for k, v in best.items():
+                if k != "loss":
+                    print(f"    {k:32s} {v * 1e3:8.3f} ms   {v / base:6.2f}x the forward run"
+                          + (f"   {v / best['value+gradient']:5.2f}x the gradient" if k.startswith("FD") else ""))
 
 
 # ------------------------------------------------------------------ memory

@@ -238,6 +238,8 @@ def _prepare_data(ex: Executive, data, steps):
             raise ModelError(
                 f"calibrate: data for unknown variable {name!r}; variables: {list(ex.layout.variables)}"
             )
+        if name in names:
+            raise ValueError(f"calibrate: data for {name!r} is given twice")
         try:
             s, v = pair
         except (TypeError, ValueError):

@@ -26,12 +26,12 @@ ADAM = optax.adam(0.05)
 
 
 @pytest.fixture(scope="module")
-def base():
-    """The SIR demo with the seasonal theory's weight 0, so that the resolved value
-    is the deterministic theory's and beta and gamma of ``sir`` are identifiable.
-    Every SIR test derives its executive from this one with ``replace`` (same
-    static structure: compilations are shared)."""
-    return pj.demos.sir.make_executive().replace({"seasonal.weight": 0.0})
+def base(sir):
+    """The session's SIR demo with the seasonal theory's weight 0, so that the
+    resolved value is the deterministic theory's and beta and gamma of ``sir`` are
+    identifiable. Every SIR test derives its executive from this one with
+    ``replace`` (same static structure: compilations are shared)."""
+    return sir.replace({"seasonal.weight": 0.0})
 
 
 def _observe(ex, names=("I",), steps=STEPS, key=0):

@@ -22,11 +22,9 @@ REL = 1e-4
 
 
 @pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+def _x64():
+    with jax.enable_x64(True):
+        yield
 
 
 def _check(ex, loss, params, steps, key=None, remat=False):

@@ -12,6 +12,7 @@ several starting points run together under ``vmap``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -238,6 +239,8 @@ def _prepare_data(ex: Executive, data, steps):
             raise ModelError(
                 f"calibrate: data for unknown variable {name!r}; variables: {list(ex.layout.variables)}"
             )
+        if name in names:
+            raise ValueError(f"calibrate: data for {name!r} is given twice")
         try:
             s, v = pair
         except (TypeError, ValueError):
@@ -399,6 +402,14 @@ class _Config:
     optimizer: Any
 
 
+def _takes_extra_args(opt) -> bool:
+    try:
+        import optax
+    except ImportError:  # pragma: no cover - optax is a dependency
+        return False
+    return isinstance(opt, optax.GradientTransformationExtraArgs)
+
+
 def _objective(cfg: _Config, theta, ex: Executive, key, obs, idx):
     """The loss of one parameter set (unconstrained ``theta``)."""
     dtype = jnp.dtype(ex.dtype)
@@ -431,7 +442,14 @@ def _iteration(cfg: _Config, carry, ex, key, obs, idx, active):
         calm_new, converged = calm, jnp.asarray(False)
     better = active & finite & (val < best_loss)
     g = jax.tree.map(lambda a: jnp.where(finite, a, 0), g)
-    updates, new_opt = cfg.optimizer.update(g, opt_state, theta)
+    opt = cfg.optimizer
+    if _takes_extra_args(opt):  # e.g. optax.lbfgs (line search), optax.contrib.reduce_on_plateau
+        updates, new_opt = opt.update(
+            g, opt_state, theta, value=val, grad=g,
+            value_fn=lambda th: _objective(cfg, th, ex, key, obs, idx),
+        )
+    else:
+        updates, new_opt = opt.update(g, opt_state, theta)
     new_theta = jax.tree.map(lambda a, b: a + b, theta, updates)
     move = active & finite & ~converged
     new_carry = (
@@ -506,6 +524,15 @@ def _starts(params, x0, starts, spread, key):
     return out, k
 
 
+@functools.lru_cache(maxsize=1)
+def _default_optimizer():
+    """One ``optax.adam(0.05)`` for every call (an equal configuration reuses the
+    compilation; a new optimiser object would not)."""
+    import optax
+
+    return optax.adam(0.05)
+
+
 def calibrate(
     ex: Executive,
     data: Mapping,
@@ -543,7 +570,10 @@ def calibrate(
             ``eqx.is_inexact_array``), whose leaves are named ``"<mechanism>.<field>"``.
         steps: length of each run (default: one past the last observed step).
         optimizer: an optax ``GradientTransformation`` (default ``optax.adam(0.05)``).
-            It works on the unconstrained parameters.
+            It works on the unconstrained parameters; transformations that take
+            extra arguments get ``value``, ``grad`` and ``value_fn`` (so
+            ``optax.lbfgs()`` and its line search work). Repeated calls with the same
+            optimiser object, loss function and shapes reuse one compilation.
         iterations: optimiser steps (``len(history.loss) == iterations`` unless ``tol``
             stops the fit earlier).
         seed, key: the PRNG key of the runs is ``jax.random.key(seed)`` (or ``key``),
@@ -610,9 +640,7 @@ def calibrate(
     else:
         remat, segment = True, int(remat)
     if optimizer is None:
-        import optax
-
-        optimizer = optax.adam(0.05)
+        optimizer = _default_optimizer()
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
         raise TypeError(f"calibrate: optimizer must be an optax GradientTransformation, got {optimizer!r}")
     loss_fn = mse_loss if loss is None else loss

@@ -26,12 +26,12 @@ ADAM = optax.adam(0.05)
 
 
 @pytest.fixture(scope="module")
-def base():
-    """The SIR demo with the seasonal theory's weight 0, so that the resolved value
-    is the deterministic theory's and beta and gamma of ``sir`` are identifiable.
-    Every SIR test derives its executive from this one with ``replace`` (same
-    static structure: compilations are shared)."""
-    return pj.demos.sir.make_executive().replace({"seasonal.weight": 0.0})
+def base(sir):
+    """The session's SIR demo with the seasonal theory's weight 0, so that the
+    resolved value is the deterministic theory's and beta and gamma of ``sir`` are
+    identifiable. Every SIR test derives its executive from this one with
+    ``replace`` (same static structure: compilations are shared)."""
+    return sir.replace({"seasonal.weight": 0.0})
 
 
 def _observe(ex, names=("I",), steps=STEPS, key=0):
@@ -208,6 +208,7 @@ def test_multi_start_equals_separate_fits(sir_data):
     np.testing.assert_allclose(h.loss, h.start_loss[h.best_start])
 
 
+@pytest.mark.slow
 def test_common_random_numbers(base):
     """With the noisy seasonal theory on, every iteration uses the same key: at a
     zero learning rate the loss repeats exactly, and it is the loss of a plain run
@@ -283,6 +284,7 @@ class Gompertz(pj.Mechanism):
         return {"N": pj.VariableRecord(n + self.r * n * jnp.log(self.K / n), confidence=0.8, weight=self.weight)}
 
 
+@pytest.mark.slow
 def test_mixing_weights_of_two_competing_theories_are_recovered():
     """Weighted voting mixes the theories with fractions w / sum(w); only the
     fractions are identifiable (scaling both weights changes nothing), so that is
@@ -306,6 +308,7 @@ def test_mixing_weights_of_two_competing_theories_are_recovered():
     assert h.best_loss <= 1.001 * truth_loss  # as good a fit as the truth itself
 
 
+@pytest.mark.slow
 def test_fit_to_the_1978_boarding_school_influenza_outbreak():
     """A real epidemic: 763 boys, the number in bed on each of 14 days. The SIR
     demo with its deterministic theory, 4 steps a day (observed at the end of
@@ -326,3 +329,4 @@ def test_fit_to_the_1978_boarding_school_influenza_outbreak():
     assert rmse < 25 and np.sqrt(h.loss[0]) > 100  # from a poor start to a close fit
     # published SIR fits of these data: beta ≈ 1.7 / day, gamma ≈ 0.45 / day, R0 ≈ 3.7
     assert 1.5 < beta < 2.0 and 0.4 < gamma < 0.5 and 3.3 < beta / gamma < 4.3
+

@@ -22,11 +22,9 @@ REL = 1e-4
 
 
 @pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+def _x64():
+    with jax.enable_x64(True):
+        yield
 
 
 def _check(ex, loss, params, steps, key=None, remat=False):
@@ -201,6 +199,7 @@ def _predator_prey():
     )
 
 
+@pytest.mark.slow
 def test_predator_prey_median_weighted_confidence_governance_and_hold():
     ex = _predator_prey()
     state, traj = ex.run(ex.init(jax.random.key(0)), steps=60)
@@ -267,6 +266,7 @@ def test_soft_median_and_soft_majority():
            steps=25)
 
 
+@pytest.mark.slow
 def test_calibration_objective_matches_finite_differences():
     """The objective calibrate differentiates (bounded parameters through their
     transform, sparse observations) against finite differences in the

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 import procela_jax as pj
 
@@ -57,7 +57,6 @@ def slots(draw, values=None, distinct_confidences=False, first_valid=True):
 
 # ---------------------------------------------------------------- limits
 @pytest.mark.parametrize("soft, hard", PAIRS)
-@settings(max_examples=30, deadline=None)
 @given(data=slots(values=st.lists(st.sampled_from([0.0, 1.0, 2.5, -3.0]), min_size=W, max_size=W),
                   first_valid=False))
 def test_zero_temperature_is_the_hard_policy(soft, hard, data):
@@ -67,7 +66,6 @@ def test_zero_temperature_is_the_hard_policy(soft, hard, data):
         np.testing.assert_array_equal(g, w)
 
 
-@settings(max_examples=40, deadline=None)
 @given(data=slots(distinct_confidences=True))
 def test_soft_highest_confidence_tends_to_the_hard_one(data):
     # confidences at least 0.1 apart: at T = 1e-3 the runner-up weighs e^-100
@@ -86,7 +84,6 @@ def test_soft_highest_confidence_error_shrinks_with_temperature():
     assert errors[0] > 0.5 and errors[-1] < 1e-6
 
 
-@settings(max_examples=40, deadline=None)
 @given(data=slots(values=st.permutations(list(range(-20, 21))).map(lambda p: [float(x) for x in p[:W]])))
 def test_soft_median_tends_to_the_hard_one(data):
     # distinct values at least 1 apart, odd and even counts; T = 0.03
@@ -96,7 +93,6 @@ def test_soft_median_tends_to_the_hard_one(data):
     np.testing.assert_allclose(soft[1], hard[1], rtol=1e-6)
 
 
-@settings(max_examples=40, deadline=None)
 @given(data=slots(values=st.lists(st.sampled_from([0.0, 1.0, 2.0]), min_size=W, max_size=W)))
 def test_soft_majority_tends_to_the_hard_one(data):
     v, c, w, m = data
@@ -115,7 +111,6 @@ SOFT = [pj.SoftHighestConfidencePolicy(0.2), pj.SoftMedianPolicy(0.7), pj.SoftMa
 
 
 @pytest.mark.parametrize("policy", SOFT, ids=lambda p: p.name)
-@settings(max_examples=20, deadline=None)
 @given(data=slots(values=st.lists(st.sampled_from([0.0, 1.0, 2.5, -3.0, 7.0]), min_size=W, max_size=W)),
        seed=st.integers(0, 100))
 def test_permutation_invariant(policy, data, seed):
@@ -150,7 +145,9 @@ def test_masked_slots_are_ignored_and_nan_safe(policy):
         assert np.all(g[~m] == 0)
 
 
-def test_batched_rows_equal_row_by_row():
+def test_rows_of_a_batch_are_independent():
+    """Leading axes batch several variables: a row's result does not depend on the
+    other rows (replaced here by garbage, NaN included)."""
     rng = np.random.default_rng(0)
     v = rng.normal(size=(4, 5)).astype(np.float32)
     c = rng.uniform(size=(4, 5)).astype(np.float32)
@@ -159,9 +156,12 @@ def test_batched_rows_equal_row_by_row():
     for policy in SOFT:
         batch = _resolve(policy, v, c, w, m)
         for i in range(4):
-            row = _resolve(policy, v[i], c[i], w[i], m[i])
-            np.testing.assert_allclose(batch[0][i], row[0], rtol=1e-6, atol=1e-6)
-            np.testing.assert_allclose(batch[1][i], row[1], rtol=1e-6, atol=1e-6)
+            junk = [np.where(np.arange(4)[:, None] == i, a, b) for a, b in
+                    ((v, np.full_like(v, np.nan)), (c, rng.uniform(size=c.shape).astype(np.float32)),
+                     (w, np.ones_like(w)), (m, ~m))]
+            row = _resolve(policy, *junk)
+            np.testing.assert_allclose(row[0][i], batch[0][i], rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(row[1][i], batch[1][i], rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------- values and gradients vs formulas

@@ -30,7 +30,7 @@ NOISE = ("numpy", "jax")
 def make_executive(steps: int = 160, noise: str = "jax", world_seed: int = 42) -> Executive:
     """The AMR study as an :class:`~procela_jax.Executive` for runs of ``steps`` steps.
 
-    ``noise="jax"`` draws each theory's noise from its own key; ``noise="numpy"``
+    ``noise="jax"`` draws the theories' noise from the run's key; ``noise="numpy"``
     reads it from ``state.aux["noise"]`` (set a per-run stream with
     :func:`numpy_noise`). The world is the original's (numpy ``default_rng(world_seed)``).
     Choose the governance setting at ``init`` with ``active_invariants``.
@@ -55,7 +55,7 @@ def _executive(steps, noise, world_seed, x64):
         variables=_model.variables(),
         mechanisms=_model.theories(noise),
         invariants=_governance.invariants(),
-        pre_step=_model.world_hook(steps, world_seed),
+        pre_step=_model.pre_step(steps, world_seed, noise),
         post_step=_model.signals,
         aux={**_model.initial_aux(steps, noise), **_governance.initial_aux()},
         audit=True,

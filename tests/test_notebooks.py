@@ -19,6 +19,7 @@ def test_the_five_stories_are_there():
         "03_sweeps.ipynb",
         "04_calibration.ipynb",
         "05_checkpoints.ipynb",
+        "06_amr.ipynb",
     ]
 
 

@@ -164,7 +164,11 @@ def _restore_all(state, view):
 
 
 def invariants() -> list[SystemInvariant]:
-    """The governance units, in the original's registration order."""
+    """The governance units, in the original's registration order.
+
+    >>> [(i.name, i.phase.value) for i in invariants()]
+    [('fragility', 'runtime'), ('coverage', 'post'), ('probe', 'pre'), ('emergency', 'post')]
+    """
     return [
         SystemInvariant("fragility", _fragility_calm, _fragility_experiment, phase=InvariantPhase.RUNTIME,
                         update=_fragility_update,

@@ -130,7 +130,11 @@ def pre_step(steps: int, world_seed: int = 42, noise: str = "jax"):
 # ---- variables ------------------------------------------------------------------------------
 def variables() -> list[Variable]:
     """The study's variables (the observables, the contested decision and forecasts,
-    and the governance signals)."""
+    and the governance signals).
+
+    >>> [v.name for v in variables()][:5]
+    ['colonized', 'antibiotic_usage', 'environmental_load', 'regime', 'intervention_code']
+    """
     contested = dict(policy=WeightedConfidencePolicy())
     signal = dict(memory=1)
     return [
@@ -212,7 +216,11 @@ class Theory(Mechanism):
 
 
 def theories(noise: str) -> list[Theory]:
-    """The eleven theories, in execution order (contact, environmental, selection)."""
+    """The eleven theories, in execution order (contact, environmental, selection).
+
+    >>> [(t.name, t.code, t.driver) for t in theories("jax")][::4]
+    [('Contact', 1, 'colonized'), ('EnvironmentalNoisy', 2, 'environmental_load'), ('SelectionNoisy', 3, 'antibiotic_usage')]
+    """
     out = []
     for i, (name, fam, driver, theta, conf, bias, sd, effect) in enumerate(THEORIES):
         reads = ["colonized", "intervention_code"] + ([] if driver == "colonized" else [driver])
@@ -227,7 +235,16 @@ def theories(noise: str) -> list[Theory]:
 # ---- numpy's summation order (governance thresholds are strict, so the replay keeps it) ---
 def np_mean_trailing(v, n):
     """``numpy.mean`` of the last ``n`` entries of ``v`` (the others are 0), summed in
-    numpy's order: left to right below 8 terms, eight pairwise partial sums above."""
+    numpy's order: left to right below 8 terms, eight pairwise partial sums above.
+
+    >>> import jax, numpy as np
+    >>> v = np.random.default_rng(0).random(10)
+    >>> with jax.enable_x64(True):
+    ...     tail = lambda n: jnp.asarray(np.where(np.arange(10) >= 10 - n, v, 0.0))
+    ...     same = [float(np_mean_trailing(tail(n), n)) == np.mean(v[10 - n:]) for n in range(1, 11)]
+    >>> all(same)
+    True
+    """
     size = v.shape[-1]
     total = functools.reduce(lambda a, b: a + b, [v[..., i] for i in range(size)])
     for k in range(8, size + 1):

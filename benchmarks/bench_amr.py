@@ -14,6 +14,15 @@ ways, each in its own process so that peak memory is measured cleanly:
 It reports the wall time after compilation, the compile time, and memory (peak RSS
 of each process, and what the runs themselves add). Part 2 runs 10,000 seeds per
 setting with the port's own keys (one batch) and shows how the conclusions sharpen.
+
+Reading the numbers. The original keeps every record of every run alive (its key
+registry never frees them), so its memory grows by about 5 MB per run; the port's
+batch needs a few MB of buffers, and its process peak is the JAX runtime (~160 MB
+after import) plus the XLA compiler (~350 MB while compiling), both independent of
+the number of runs. The replay agrees with the original within a few ulps rather
+than bit for bit: XLA's CPU code fuses some multiply-adds (``a + b * c``) into one
+rounding where numpy rounds twice; no governance decision flips over the paper's
+250 runs (or the 1,000-seed reference, whose statistics it reproduces digit for digit).
 """
 
 from __future__ import annotations

@@ -125,9 +125,11 @@ def print_table(res) -> None:
     print(reproduction_table(res))
 
 
-def main(seeds: int = 10, steps: int = 160, noise: str = "numpy") -> dict:
+def main(seeds: int = 10, steps: int = 160, noise: str = "numpy", seed: int = 0, out: str | None = None) -> dict:
     """A small version of the study for the command line: ``seeds`` runs of every
-    governance setting in one batch, the reproduction table, and the timings.
+    governance setting (seeds ``seed .. seed + seeds - 1``) in one batch, the
+    reproduction table, and the timings; with ``out``, also a figure of the
+    cumulative regret of those runs, written to that path.
 
     ``noise="numpy"`` replays the original's runs and switches ``jax_enable_x64`` on
     for this process. Returns the per-setting summary (:func:`summarise`).
@@ -146,11 +148,12 @@ def main(seeds: int = 10, steps: int = 160, noise: str = "numpy") -> dict:
 
     if noise == "numpy":
         jax.config.update("jax_enable_x64", True)
+    chosen = range(seed, seed + seeds)
     t0 = time.perf_counter()
-    run_protocol(seeds=range(seeds), steps=steps, noise=noise)
+    run_protocol(seeds=chosen, steps=steps, noise=noise)
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    res = run_protocol(seeds=range(seeds), steps=steps, noise=noise)
+    res = run_protocol(seeds=chosen, steps=steps, noise=noise)
     again = time.perf_counter() - t0
     print("Antimicrobial resistance in a hospital: 11 competing theories, 4 governance units")
     print(f"({len(res.settings)} settings x {seeds} seeds = {len(res.settings) * seeds} runs of {steps} steps, one batch)")
@@ -159,4 +162,16 @@ def main(seeds: int = 10, steps: int = 160, noise: str = "numpy") -> dict:
     print()
     print(f"first call (compile + run) {first:.1f} s; again {again * 1e3:.0f} ms "
           f"({again / (len(res.settings) * seeds) * 1e3:.2f} ms per run)")
+    if out is not None:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        from ._figures import figure_regret, trace
+
+        fig = figure_regret(trace(seeds=chosen, steps=steps, noise=noise))
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        print(f"cumulative regret figure written to {out}")
     return summarise(res)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +28,7 @@ from ._mechanism import BASE_FIELDS, Mechanism, stable_id
 from ._memory import SOURCE_BLEND, SOURCE_EXTERNAL, Memory
 from ._record import VariableRecord
 from ._save import Save, Trajectory, empty_trajectory, extract
-from ._state import State, commit_records
+from ._state import State, commit_records, put
 from ._statistics import Stats
 from ._variable import Variable, apply_validators
 from ._view import View
@@ -321,13 +323,20 @@ class Executive(eqx.Module):
         *,
         save: Save | None = Save(),
         remat: bool = False,
+        unroll: int = 1,
     ) -> tuple[State, Trajectory]:
         """Run ``steps`` steps with ``lax.scan``; returns the final state and the trajectory.
 
         ``save=None`` keeps only the final state. ``remat=True`` recomputes each
         saved chunk in the backward pass (``jax.checkpoint``), so the memory of
         gradients through long runs grows with ``steps / save.every`` only.
+        ``unroll=k`` puts ``k`` steps in each loop iteration (``lax.scan``'s
+        ``unroll``): a longer compile, and on CPU a small model may run faster (the
+        loop's per-iteration overhead is shared). The numbers stay the same, up
+        to how XLA rounds the mechanisms' own arithmetic.
         """
+        if not isinstance(unroll, (int, np.integer)) or unroll < 1:
+            raise ValueError(f"unroll must be a positive int, got {unroll!r}")
         if not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
         if save is not None and not isinstance(save, Save):
@@ -335,7 +344,7 @@ class Executive(eqx.Module):
         if save is not None and save.variables is not None:
             for n in save.variables:
                 self.layout.var(n)
-        return _run_jit(self, state, int(steps), save, remat)
+        return _run_jit(self, state, int(steps), save, remat, int(unroll))
 
     def abstract_state(self) -> State:
         """The state's structure (shapes and dtypes), without computing anything."""
@@ -544,11 +553,10 @@ def _check_phase(ex: Executive, state: State, phase: InvariantPhase, pending=Non
             lambda s: (s.violation_count, s.violation_first_step, s.violation_last_step),
             state,
             (
-                state.violation_count.at[k].add(violated.astype(jnp.int32)),
-                state.violation_first_step.at[k].set(
-                    jnp.where(violated & (state.violation_first_step[k] < 0), t, state.violation_first_step[k])
-                ),
-                state.violation_last_step.at[k].set(jnp.where(violated, t, state.violation_last_step[k])),
+                put(state.violation_count, k, state.violation_count[k] + violated.astype(jnp.int32)),
+                put(state.violation_first_step, k,
+                    jnp.where(violated & (state.violation_first_step[k] < 0), t, state.violation_first_step[k])),
+                put(state.violation_last_step, k, jnp.where(violated, t, state.violation_last_step[k])),
             ),
         )
         if inv.on_violation is not None:
@@ -603,10 +611,29 @@ def _propose(ex: Executive, state: State, step_key):
     if not all(plan.safe):
         safe = jnp.asarray(np.asarray(plan.safe))
         active = active & (safe | ~state.safe_mode)
-    if not pv:
-        empty = jnp.zeros((0,), dtype)
-        return empty, empty, empty, jnp.zeros((0,), bool), active
-    return jnp.stack(pv), jnp.stack(pc), jnp.stack(pw), active[np.asarray(plan.prop_mech)], active
+    # lists of scalars, one per proposal: the slots are built from them directly
+    return pv, pc, pw, [active[i] for i in plan.prop_mech], active
+
+
+#: Up to this many entries, static tables are applied with static slices, which XLA
+#: fuses into the step's elementwise kernels (a gather or a reduction is a kernel of
+#: its own on CPU, and tiny kernels dominate the cost of a small model's step).
+_SMALL = 1024
+
+
+def _take_static(items, table, fill, dtype):
+    """``items[table]`` for a list of scalars and a static 2-D index table (entries
+    ``len(items)`` give ``fill``): stacked directly when small, gathered otherwise."""
+    table = np.asarray(table)
+    if table.size > _SMALL:
+        return jnp.concatenate([jnp.stack(items).astype(dtype), jnp.asarray([fill], dtype)])[table]
+    fill = jnp.asarray(fill, dtype)
+    return jnp.stack([jnp.stack([items[p] if p < len(items) else fill for p in row]) for row in table])
+
+
+def _columns(reduce, a):
+    """Reduce the last axis of a small 2-D array column by column (elementwise)."""
+    return functools.reduce(reduce, [a[:, j] for j in range(a.shape[1])])
 
 
 def _step_impl(ex: Executive, state: State, retry=None) -> State:
@@ -630,33 +657,38 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     # 2. mechanisms propose (each reads the values committed at the previous step)
     pv, pc, pw, prop_active, mech_active = _propose(ex, state, step_key)
     state = eqx.tree_at(lambda s: s.proposed, state, mech_active)
-    valid = jnp.isfinite(pv) & jnp.isfinite(pc) & (pc >= 0) & (pc <= 1) & jnp.isfinite(pw) & (pw >= 0)
-    if m:
-        bad = (prop_active & ~valid).astype(jnp.int32)
-        if m <= 64:  # proposals of a mechanism are contiguous: static slices fuse
-            bounds = np.searchsorted(np.asarray(plan.prop_mech), np.arange(m + 1))
-            per_mech = jnp.stack(
-                [jnp.sum(bad[a:b], dtype=jnp.int32) for a, b in zip(bounds[:-1], bounds[1:])]
-            )
-        else:
-            per_mech = jax.ops.segment_sum(bad, np.asarray(plan.prop_mech, np.int32), m)
-        first = jnp.where((per_mech > 0) & (state.invalid_first_step < 0), t, state.invalid_first_step)
-        state = eqx.tree_at(
-            lambda s: (s.invalid_proposals, s.invalid_first_step),
-            state,
-            (state.invalid_proposals + per_mech, first),
-        )
-    pad = lambda a, fill: jnp.concatenate([a, jnp.asarray([fill], a.dtype)])
     slot_prop = np.asarray(plan.slot_prop, np.int32).reshape(n, -1)
     width = slot_prop.shape[1]
+    dtype = jnp.dtype(ex.dtype)
     if width:
-        sv = pad(pv, 0)[slot_prop]
-        sc = pad(pc, 0)[slot_prop]
-        sw = pad(pw, 0)[slot_prop]
-        smask = pad(valid & prop_active, False)[slot_prop]
+        sv = _take_static(pv, slot_prop, 0, dtype)
+        sc = _take_static(pc, slot_prop, 0, dtype)
+        sw = _take_static(pw, slot_prop, 0, dtype)
+        sactive = _take_static(prop_active, slot_prop, False, jnp.bool_)
     else:
-        sv = sc = sw = jnp.zeros((n, 0), jnp.dtype(ex.dtype))
-        smask = jnp.zeros((n, 0), bool)
+        sv = sc = sw = jnp.zeros((n, 0), dtype)
+        sactive = jnp.zeros((n, 0), bool)
+    valid = jnp.isfinite(sv) & jnp.isfinite(sc) & (sc >= 0) & (sc <= 1) & jnp.isfinite(sw) & (sw >= 0)
+    smask = valid & sactive
+    if m:
+        # invalid proposals of enabled mechanisms, counted per mechanism
+        bad = (sactive & ~valid).astype(jnp.int32)
+        slot_mech_np = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
+        if n * width <= _SMALL:  # each proposal has one slot: add the mechanism's slots
+            zero = jnp.zeros((), jnp.int32)
+            cells = [[] for _ in range(m)]
+            for i, j in zip(*np.nonzero(slot_mech_np >= 0)):
+                cells[slot_mech_np[i, j]].append(bad[i, j])
+            per_mech = jnp.stack([functools.reduce(operator.add, c, zero) for c in cells])
+        else:
+            flat = slot_mech_np.reshape(-1)
+            per_mech = jax.ops.segment_sum(
+                jnp.where(flat >= 0, bad.reshape(-1), 0), np.where(flat >= 0, flat, 0), m
+            )
+        counts = state.invalid_proposals + per_mech
+        new = counts > state.invalid_proposals  # (per_mech is not kept: one kernel less)
+        first = jnp.where(new & (state.invalid_first_step < 0), t, state.invalid_first_step)
+        state = eqx.tree_at(lambda s: (s.invalid_proposals, s.invalid_first_step), state, (counts, first))
     if width and any(v.validators for v in ex.variables):
         smask = apply_validators(ex.variables, sv, sc, smask)
     slot_mech = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
@@ -687,13 +719,21 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
             res_v = res_v.at[idx].set(jnp.asarray(v, res_v.dtype))
             res_c = res_c.at[idx].set(jnp.asarray(c, res_c.dtype))
             winner = winner.at[idx].set(jnp.asarray(w, jnp.int32))
-    has_value = jnp.any(smask, axis=-1) if width else jnp.zeros((n,), bool)
-    source = jnp.where(
-        winner >= 0,
-        jnp.take_along_axis(jnp.asarray(slot_mech), jnp.clip(winner, 0, None)[:, None], -1)[:, 0]
-        if width else SOURCE_BLEND,
-        SOURCE_BLEND,
-    )
+    if not width:
+        has_value = jnp.zeros((n,), bool)
+        source = jnp.full((n,), SOURCE_BLEND, jnp.int32)
+    elif n * width <= _SMALL:  # elementwise: fuses with the rest of the step
+        has_value = _columns(operator.or_, smask)
+        source = jnp.full((n,), SOURCE_BLEND, jnp.int32)
+        for j in range(width):
+            source = jnp.where(winner == j, jnp.asarray(slot_mech[:, j]), source)
+    else:
+        has_value = jnp.any(smask, axis=-1)
+        source = jnp.where(
+            winner >= 0,
+            jnp.take_along_axis(jnp.asarray(slot_mech), jnp.clip(winner, 0, None)[:, None], -1)[:, 0],
+            SOURCE_BLEND,
+        )
     # 5. domain enforcement and commit (every writable variable, even without hypotheses)
     commit = jnp.asarray(np.asarray(layout.writable, bool))
     state = commit_records(state, commit, has_value, res_v, res_c, source, record_step=t + 1)
@@ -790,38 +830,47 @@ def _step_traced(ex, state):
 _step_jit = eqx.filter_jit(_step_traced)
 
 
-def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat: bool):
+def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat: bool, unroll: int = 1):
     TRACE_COUNT["run"] += 1
 
     def one(s, _):
         return _advance(ex, s), None
 
     if save is None:
-        state, _ = jax.lax.scan(one, state, None, length=steps)
+        state, _ = jax.lax.scan(one, state, None, length=steps, unroll=unroll)
         return state, empty_trajectory(())
     names = save.variables if save.variables is not None else ex.layout.variables
     idx = np.asarray([ex.layout.var(nm) for nm in names], np.int32)
     every = save.every
     n_saves, rest = divmod(steps, every)
 
+    # the step index grows by one each step unless a FATAL invariant can halt the
+    # world: then the saved steps are known in advance and need not be recorded
+    halting = any(inv.severity is InvariantSeverity.FATAL for inv in ex.invariants)
+    start = state.step
+
     def chunk(s, _):
         if every == 1:
             s = _advance(ex, s)
         else:
-            s, _ = jax.lax.scan(one, s, None, length=every)
+            s, _ = jax.lax.scan(one, s, None, length=every, unroll=unroll)
         extra = save.fn(s) if save.fn is not None else None
         data = extract(s, idx, save.fields)
         if save.audit:
             if s.audit is None:
                 raise ModelError("Save(audit=True) needs an executive built with audit=True")
             data["audit"] = {k: v[idx] for k, v in s.audit.items()}
-        return s, (data, s.step, extra)
+        return s, (data, s.step if halting else None, extra)
 
     if remat:
         chunk = jax.checkpoint(chunk)
-    state, (data, steps_arr, extra) = jax.lax.scan(chunk, state, None, length=n_saves)
+    state, (data, steps_arr, extra) = jax.lax.scan(
+        chunk, state, None, length=n_saves, unroll=unroll if every == 1 else 1
+    )
+    if not halting:
+        steps_arr = start + every * jnp.arange(1, n_saves + 1, dtype=start.dtype)
     if rest:
-        state, _ = jax.lax.scan(one, state, None, length=rest)
+        state, _ = jax.lax.scan(one, state, None, length=rest, unroll=unroll)
     return state, Trajectory(data=data, steps=steps_arr, extra=extra, names=tuple(names))
 
 

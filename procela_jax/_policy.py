@@ -155,10 +155,24 @@ class HighestConfidencePolicy(Policy):
     """
 
     def resolve(self, values, confidences, weights, mask):
-        rank = jnp.where(mask, _masked(confidences, mask), -1.0)
+        v, c = _masked(values, mask), _masked(confidences, mask)
+        rank = jnp.where(mask, c, -1.0)
+        n = rank.shape[-1]
+        if 0 < n <= 64:
+            # a left-to-right scan of the few slots: elementwise, so it fuses with the
+            # rest of the step (argmax and gathers are separate kernels on CPU)
+            best_r, best_v, best_c = rank[..., 0], v[..., 0], c[..., 0]
+            winner = jnp.zeros(rank.shape[:-1], jnp.int32)
+            for j in range(1, n):
+                better = rank[..., j] > best_r  # strict: ties stay with the first slot
+                best_r = jnp.where(better, rank[..., j], best_r)
+                best_v = jnp.where(better, v[..., j], best_v)
+                best_c = jnp.where(better, c[..., j], best_c)
+                winner = jnp.where(better, j, winner)
+            return best_v, best_c, winner
         winner = jnp.argmax(rank, axis=-1)
         take = lambda a: jnp.take_along_axis(a, winner[..., None], -1)[..., 0]
-        return take(_masked(values, mask)), take(_masked(confidences, mask)), winner.astype(jnp.int32)
+        return take(v), take(c), winner.astype(jnp.int32)
 
 
 class MeanPolicy(Policy):

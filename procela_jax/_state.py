@@ -17,6 +17,16 @@ from ._process import Process
 from ._statistics import Stats
 
 
+def put(arr, i, value):
+    """``arr`` with entries ``i`` (static: an int or ints) of its last axis set to
+    ``value`` (a scalar, or one per leading batch entry). A select with a constant
+    mask fuses with the rest of a step; ``arr.at[..., i].set`` is a scatter, a kernel
+    of its own on CPU."""
+    hit = jnp.asarray(np.isin(np.arange(arr.shape[-1]), np.atleast_1d(np.asarray(i))))
+    v = jnp.asarray(value, arr.dtype)
+    return jnp.where(hit, v[..., None] if v.ndim else v, arr)
+
+
 def _when(when, new, old):
     if when is None:
         return new
@@ -112,24 +122,24 @@ class State(eqx.Module):
         """Enable a mechanism, or every member of a :class:`Process` (from the next
         proposal phase on)."""
         i = self._mechs(name)
-        return eqx.tree_at(lambda s: s.enabled, self, _when(when, self.enabled.at[..., i].set(True), self.enabled))
+        return eqx.tree_at(lambda s: s.enabled, self, _when(when, put(self.enabled, i, True), self.enabled))
 
     def disable(self, name, when=None) -> State:
         """Disable a mechanism, or every member of a :class:`Process`: their
         hypotheses are masked out of resolution."""
         i = self._mechs(name)
-        return eqx.tree_at(lambda s: s.enabled, self, _when(when, self.enabled.at[..., i].set(False), self.enabled))
+        return eqx.tree_at(lambda s: s.enabled, self, _when(when, put(self.enabled, i, False), self.enabled))
 
     def set_policy(self, name, policy, when=None) -> State:
         """Switch a variable's active policy among its candidates (matched by type)."""
         i = self.layout.var(name)
         k = self.layout.policy(i, policy)
-        new = self.active_policy.at[..., i].set(k)
+        new = put(self.active_policy, i, k)
         return eqx.tree_at(lambda s: s.active_policy, self, _when(when, new, self.active_policy))
 
     def set_invariant_active(self, name, active, when=None) -> State:
         i = self.layout.inv(name)
-        new = self.invariant_active.at[..., i].set(active)
+        new = put(self.invariant_active, i, active)
         return eqx.tree_at(lambda s: s.invariant_active, self, _when(when, new, self.invariant_active))
 
     def set(self, name, value, confidence=1.0, when=None) -> State:
@@ -147,8 +157,8 @@ class State(eqx.Module):
         commit = jnp.asarray(commit)
         if when is not None:
             commit = commit & jnp.asarray(when)
-        vals = self.values.at[..., i].set(jnp.asarray(value, dtype))
-        confs = self.confidences.at[..., i].set(jnp.asarray(confidence, dtype))
+        vals = put(self.values, i, jnp.asarray(value, dtype))
+        confs = put(self.confidences, i, jnp.asarray(confidence, dtype))
         return commit_records(
             self, commit, jnp.ones_like(commit), vals, confs,
             jnp.full((n,), SOURCE_EXTERNAL, jnp.int32),

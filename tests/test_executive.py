@@ -245,7 +245,9 @@ def test_run_and_step_compile_once_per_structure():
     runs, steps = count["run"], count["step"]
     s, _ = ex.run(ex.init(jax.random.key(0)), 7)
     ex.step(s)
-    assert (count["run"] - runs, count["step"] - steps) == (1, 1)
+    # at most one trace each (none when an equal model was compiled earlier in the process)
+    assert count["run"] - runs <= 1 and count["step"] - steps <= 1
+    runs, steps = count["run"], count["step"]
     # a new state, initial values, parameters (incl. a plain Python float at build
     # time and in replace), and a new executive of the same structure: no retrace
     out = [
@@ -257,13 +259,13 @@ def test_run_and_step_compile_once_per_structure():
         build([mech(0.3, conf=0.25)], X).run(s, 7)[0],
         ex.replace({"g.rate": 0.2}).step(s),
     ]
-    assert (count["run"] - runs, count["step"] - steps) == (1, 1)
+    assert (count["run"] - runs, count["step"] - steps) == (0, 0)
     # and the new values were used
     assert float(out[3].value("X")) == pytest.approx(float(s.value("X")) * 1.7**7, rel=1e-5)
     assert float(out[5].value("X")) == pytest.approx(float(s.value("X")) * 1.3**7, rel=1e-5)
     # a different number of steps is a different structure (one more trace)
-    ex.run(s, 8)
-    assert count["run"] - runs == 2
+    ex.run(s, 29)
+    assert count["run"] - runs == 1
 
 
 def test_python_float_parameters_become_model_dtype_arrays():

@@ -189,8 +189,9 @@ def test_chunks_and_blocks_change_nothing_and_compile_once_per_chunk_shape():
     before = dict(_sweep.TRACES)
     parts = pj.sweep(ex, steps, seeds=range(n), params={"grow.rate": rates}, chunk_size=8, block_steps=2)
     assert parts.info["chunks"] == 3 and parts.info["block_steps"] == [2, 2, 2]
-    assert _sweep.TRACES["block"] == before["block"] + 1  # 3 chunks x 3 blocks, one compile
-    assert _sweep.TRACES["init"] == before["init"] + 1
+    # 3 chunks x 3 blocks: at most one compile each (none if an equal model compiled it before)
+    assert _sweep.TRACES["block"] <= before["block"] + 1
+    assert _sweep.TRACES["init"] <= before["init"] + 1
     for a, b in zip(jax.tree.leaves(whole.trajectory), jax.tree.leaves(parts.trajectory)):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(leaves(whole.final), leaves(parts.final), strict=True):

@@ -55,7 +55,8 @@ class SweepInterrupted(KeyboardInterrupt):
 class SweepInputs:
     """What produced each row of a sweep: ``seeds`` (None when keys were given),
     ``key_data`` (raw PRNG key data), ``init`` ({variable: values}) and
-    ``params`` ({"<mechanism>.<field>": values}), all with one entry per row.
+    ``params`` ({"<mechanism>.<field>": values}), all with one entry per row, as
+    they were given (the scenarios ran with them cast to the model's dtype).
 
     >>> import procela_jax as pj
     >>> res = pj.sweep(pj.demos.sir.make_executive(), 5, seeds=[3, 4],
@@ -433,6 +434,7 @@ def _inputs(ex: Executive, seeds, keys, init, params) -> _Spec:
         lengths[f"init[{name!r}]"] = _length(init_arr[name], f"init[{name!r}]")
     mech_arr: dict[str, np.ndarray] = {}
     conf_arr: dict[int, np.ndarray] = {}
+    given_params: dict[str, np.ndarray] = {}  # as the user gave them, for res.inputs
     for path, v in dict(params or {}).items():
         getter = _getter(ex, path)  # names the culprit if the path is wrong
         owner, field = path.split(".")
@@ -455,6 +457,7 @@ def _inputs(ex: Executive, seeds, keys, init, params) -> _Spec:
             conf_arr[layout.var_index[owner]] = v.astype(dtype)
         else:
             mech_arr[path] = v.astype(dtype)
+        given_params[path] = v
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{k}: {n}" for k, n in lengths.items())
         raise ModelError(f"sweep: seeds/keys, init and params are zipped, one entry per scenario, so their "
@@ -465,21 +468,27 @@ def _inputs(ex: Executive, seeds, keys, init, params) -> _Spec:
     n = next(iter(lengths.values()))
     if n == 0:
         raise ModelError("sweep: no scenarios (the inputs are empty)")
+    given_init = dict(init_arr)
     for name, v in init_arr.items():
         var = ex.variable(name)
         if v.dtype.kind in "OUS" or v.dtype == bool:
             v = np.asarray([var.encode(x) for x in v.tolist()])
-        else:
-            for x in np.unique(v):  # the domain check of ex.init, once per distinct value
-                var.encode(x.item())
+        else:  # the domain check of ex.init, on the whole column at once
+            try:
+                vf = v.astype(np.float64)
+            except (TypeError, ValueError):
+                raise ModelError(f"sweep: init[{name!r}] must hold numbers, got dtype {v.dtype}") from None
+            inside = np.asarray(var.domain.contains(jnp.asarray(vf))) & ~np.isnan(vf)
+            if not inside.all():
+                i = int(np.flatnonzero(~inside)[0])
+                raise ModelError(f"sweep: init[{name!r}][{i}] = {float(vf[i])!r} lies outside the domain "
+                                 f"{var.domain!r} of variable {name!r}")
         init_arr[name] = v.astype(ex.dtype)
     if keys is None:
         if seed_arr is None:
             seed_arr = np.full((n,), 0 if seeds is None else int(seeds), np.int64)
         kd, impl = _seed_keys(seed_arr)
-    inputs = SweepInputs(seeds=seed_arr, key_data=kd, key_impl=impl,
-                         init=dict(init_arr), params={**mech_arr, **{f"{layout.variables[j]}.init_confidence": c
-                                                                     for j, c in conf_arr.items()}})
+    inputs = SweepInputs(seeds=seed_arr, key_data=kd, key_impl=impl, init=given_init, params=given_params)
     return _Spec(n=n, inputs=inputs, init=init_arr, mech=mech_arr, init_conf=conf_arr)
 
 
@@ -596,12 +605,29 @@ def _device_budget(mesh) -> int:
     return max(1 << 20, _available_host_bytes() // 4 // max(1, jax.local_device_count()))
 
 
+_SIZES: dict = {}
+
+
+def _sizes(ex, save) -> tuple[int, int]:
+    """(bytes of one scenario's state, bytes it keeps per saved step), cached per model."""
+    leaves, treedef = jax.tree.flatten(ex)
+    key = (treedef, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x)))) for x in leaves), save)
+    try:
+        hit = _SIZES.get(key)
+    except TypeError:  # something unhashable in the static structure: no cache
+        return _tree_bytes(ex.abstract_state()), _save_bytes(ex, save)
+    if hit is None:
+        if len(_SIZES) > 64:
+            _SIZES.clear()
+        hit = _SIZES[key] = (_tree_bytes(ex.abstract_state()), _save_bytes(ex, save))
+    return hit
+
+
 def _placement(ex, spec, steps, save, stats, chunk_size, devices, progress):
     mesh = scenario_mesh(devices)
     n_dev = mesh.devices.size
     n = spec.n
-    state_bytes = _tree_bytes(ex.abstract_state())
-    per_save = _save_bytes(ex, save)
+    state_bytes, per_save = _sizes(ex, save)
     every = save.every if save is not None else 1
     n_saves = steps // every if save is not None else 0
     blocks_hint = 10 if progress else 1

@@ -355,18 +355,3 @@ def test_execution_order_and_mechanism_access():
     assert ex.mechanism("a").name == "a" and ex.variable("X") is X
     with pytest.raises(pj.ModelError, match="execution_order"):
         build([a, b], X, execution_order=["a"])
-
-
-def test_unrolled_runs_give_the_same_numbers():
-    X, Y = pj.Variable("X", init=0.0), pj.Variable("Y", init=1.0)
-    ex = build([Noisy(writes=[X], name="a"), Growth(rate=0.1, writes=[Y], name="g")], X, Y)
-    s0 = ex.init(jax.random.key(4))
-    for save in (pj.Save(), pj.Save(every=3), None):
-        a_state, a = ex.run(s0, 11, save=save)
-        b_state, b = ex.run(s0, 11, save=save, unroll=4)
-        np.testing.assert_array_equal(np.asarray(a_state.values), np.asarray(b_state.values))
-        if save is not None:
-            np.testing.assert_array_equal(np.asarray(a.data["value"]), np.asarray(b.data["value"]))
-            np.testing.assert_array_equal(np.asarray(a.steps), np.asarray(b.steps))
-    with pytest.raises(ValueError, match="unroll must be a positive int"):
-        ex.run(s0, 3, unroll=0)

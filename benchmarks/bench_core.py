@@ -361,7 +361,7 @@ def main(argv=None):
     parser.add_argument("--original-steps", type=int, default=1000, help="steps per run for the original")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; procela_jax from {pj.__file__}")
     out = {}
     out["xyz"] = bench_model("X, Y, Z docstring world", xyz_procela_jax, xyz_plain, xyz_original,
                              args.steps, args.original_steps, args.rounds,

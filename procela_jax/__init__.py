@@ -6,7 +6,13 @@ the :class:`Executive` runs it all as pure JAX functions of an immutable
 :class:`State`.
 """
 
+from ._calibrate import (
+    CalibrationHistory as CalibrationHistory,
+    calibrate as calibrate,
+    mse_loss as mse_loss,
+)
 from ._checkpoint import load_checkpoint as load_checkpoint, save_checkpoint as save_checkpoint
+from ._distributed import scenario_mesh as scenario_mesh
 from ._domain import (
     BooleanDomain as BooleanDomain,
     CategoricalDomain as CategoricalDomain,
@@ -70,6 +76,11 @@ from ._reasoning import (
     ZScoreDetector as ZScoreDetector,
     direction_name as direction_name,
 )
+from ._soft_policy import (
+    SoftHighestConfidencePolicy as SoftHighestConfidencePolicy,
+    SoftMajorityVotingPolicy as SoftMajorityVotingPolicy,
+    SoftMedianPolicy as SoftMedianPolicy,
+)
 from ._recovery import FailureLog as FailureLog, Recovery as Recovery
 from ._save import Save as Save, Trajectory as Trajectory
 from ._signals import (
@@ -85,9 +96,16 @@ from ._signals import (
 from ._simulation import Checkpoint as Checkpoint, Simulation as Simulation
 from ._state import State as State
 from ._statistics import Stats as Stats
+from ._sweep import (
+    SweepInputs as SweepInputs,
+    SweepInterrupted as SweepInterrupted,
+    SweepResult as SweepResult,
+    grid as grid,
+    sweep as sweep,
+)
 from ._timer import Timer as Timer
 from ._variable import Variable as Variable
 from ._view import View as View
-from . import demos as demos
+from . import demos as demos, plot as plot
 
 __version__ = "0.1.0"

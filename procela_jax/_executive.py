@@ -24,7 +24,7 @@ from ._recovery import (
     Recovery,
 )
 from ._layout import Layout
-from ._mechanism import Mechanism, stable_id
+from ._mechanism import BASE_FIELDS, Mechanism, stable_id
 from ._memory import SOURCE_BLEND, SOURCE_EXTERNAL, Memory
 from ._record import VariableRecord
 from ._save import Save, Trajectory, empty_trajectory, extract
@@ -292,13 +292,7 @@ class Executive(eqx.Module):
                 raise ModelError(
                     f"parameter {path!r} has shape {jnp.shape(old)}, got a value of shape {jnp.shape(new)}"
                 )
-            owner, field = path.split(".")
-            if owner in ex.layout.var_index:  # one entry of an array leaf
-                j = ex.layout.var_index[owner]
-                where = (lambda e: e.init_values) if field == "init" else (lambda e: e.init_confidences)
-                ex = eqx.tree_at(where, ex, where(ex).at[j].set(new))
-            else:
-                ex = eqx.tree_at(getter, ex, new)
+            ex = _setter(ex, path)(ex, new)
         return ex
 
     # ---- pure core ------------------------------------------------------------
@@ -413,13 +407,8 @@ def _getter(ex: Executive, path: str):
     if owner in ex.layout.mech_index:
         i = ex.layout.mech_index[owner]
         m = ex.mechanisms[i]
-        if field not in {f.name for f in dataclasses.fields(m)} or field in (
-            "reads", "writes", "name", "run_in_safe_mode"
-        ):
-            params = [
-                f.name for f in dataclasses.fields(m)
-                if f.name not in ("reads", "writes", "name", "run_in_safe_mode")
-            ]
+        if field not in {f.name for f in dataclasses.fields(m)} or field in BASE_FIELDS:
+            params = [f.name for f in dataclasses.fields(m) if f.name not in BASE_FIELDS]
             raise ModelError(f"mechanism {owner!r} has no parameter {field!r}; its parameters: {params}")
         return lambda e: getattr(e.mechanisms[i], field)
     if owner in ex.layout.var_index:
@@ -433,6 +422,21 @@ def _getter(ex: Executive, path: str):
         f"{owner!r} in {path!r} is neither a mechanism {list(ex.layout.mechanisms)} "
         f"nor a variable {list(ex.layout.variables)}"
     )
+
+
+def _setter(ex: Executive, path: str):
+    """``set(ex, value) -> ex`` for a parameter path (pure, differentiable).
+
+    Mechanism fields are leaves (``eqx.tree_at``); initial values are entries of
+    one array, set with ``.at[j].set``.
+    """
+    getter = _getter(ex, path)
+    owner, field = path.split(".")
+    if owner in ex.layout.mech_index:
+        return lambda e, value: eqx.tree_at(getter, e, value)
+    j = ex.layout.var_index[owner]
+    where = (lambda e: e.init_values) if field == "init" else (lambda e: e.init_confidences)
+    return lambda e, value: eqx.tree_at(where, e, where(e).at[j].set(value))
 
 
 def _init(ex: Executive, key, init, active_invariants, aux) -> State:
@@ -482,7 +486,7 @@ def _init_jit(ex: Executive, key, overrides, active, aux) -> State:
         stats_=Stats.empty(n, dtype),
         memory=Memory.empty(tuple(v.memory for v in ex.variables), dtype),
         active_policy=z(n),
-        enabled=jnp.ones((m,), bool),
+        enabled=jnp.asarray(np.asarray([mech.enabled for mech in ex.mechanisms], bool).reshape(m)),
         proposed=jnp.zeros((m,), bool),
         invalid_proposals=z(m),
         invalid_first_step=neg(m),
@@ -525,6 +529,11 @@ def _check_phase(ex: Executive, state: State, phase: InvariantPhase, pending=Non
     for k, inv in enumerate(ex.invariants):
         if inv.phase is not phase:
             continue
+        if inv.update is not None:
+            def track(s, update=inv.update, name=inv.name):
+                return _match_types(update(s, View(s, pending)), s, f"the update of invariant {name!r}")
+
+            state = jax.lax.cond(state.invariant_active[k] & ~state.halted, track, lambda s: s, state)
         view = View(state, pending)
         ok = jnp.asarray(inv.condition(view))
         if ok.shape != () :
@@ -765,24 +774,34 @@ def _recovering_step(ex: Executive, state: State) -> State:
     cand = _step_impl(ex, state)
     failed, kind, who = _failure(ex, state, cand)
     attempts = jnp.asarray(1, jnp.int32)
+    # what every attempt recorded: counts add up, first/last steps are this step's
+    tally = (cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
+             cand.violation_first_step, cand.violation_last_step)
     for r in range(1, rec.retries + 1):
         def retry(_, r=r):
             return _step_impl(ex, state, retry=r)
 
         again = jax.lax.cond(failed, retry, lambda c: c, cand)
-        attempts = attempts + failed.astype(jnp.int32)
+        ran = failed
+        attempts = attempts + ran.astype(jnp.int32)
+        tally = (
+            tally[0] + jnp.where(ran, again.invalid_proposals - state.invalid_proposals, 0),
+            jnp.where(tally[1] >= 0, tally[1], again.invalid_first_step),
+            tally[2] + jnp.where(ran, again.violation_count - state.violation_count, 0),
+            jnp.where(tally[3] >= 0, tally[3], again.violation_first_step),
+            jnp.maximum(tally[4], again.violation_last_step),
+        )
         cand = again
         still, _, _ = _failure(ex, state, cand)
         failed = failed & still
+    counters = lambda s: (s.invalid_proposals, s.invalid_first_step, s.violation_count,
+                          s.violation_first_step, s.violation_last_step)
+    cand = eqx.tree_at(counters, cand, tally)
     # every attempt failed: keep the previous world, skip the step, keep the counters
     rolled = eqx.tree_at(
-        lambda s: (s.step, s.invalid_proposals, s.invalid_first_step, s.violation_count,
-                   s.violation_first_step, s.violation_last_step, s.safe_mode, s.halted,
-                   s.halted_by, s.halted_at),
+        lambda s: (s.step, *counters(s), s.safe_mode, s.halted, s.halted_by, s.halted_at),
         state,
-        (state.step + 1, cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
-         cand.violation_first_step, cand.violation_last_step, cand.safe_mode, cand.halted,
-         cand.halted_by, cand.halted_at),
+        (state.step + 1, *tally, cand.safe_mode, cand.halted, cand.halted_by, cand.halted_at),
     )
     out = _tree_where(failed, rolled, cand)
     first_failed = (attempts > 1) | failed

@@ -16,7 +16,7 @@ from ._policy import Policy, WeightedVotingPolicy, as_policy
 OUT_OF_DOMAIN = ("commit", "clip", "hold")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class Variable:
     """A variable: a named authority over one scalar quantity.
 
@@ -131,12 +131,6 @@ class Variable:
 
     def __repr__(self):
         return f"Variable({self.name!r}, {self.domain!r}, policy={self.policy.name})"
-
-    def __hash__(self):
-        return hash((self.name, id(self)))
-
-    def __eq__(self, other):
-        return self is other
 
 
 def _check_validator(where: str, k: int, f) -> None:

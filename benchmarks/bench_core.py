@@ -22,8 +22,6 @@ Contenders:
   where XLA fuses the mechanisms' multiply-adds differently in the two programs).
 * ``procela``: the original library, randomness from Python's ``random``.
 
-For information, procela_jax is also timed with ``run(..., unroll=2)``.
-
 Rounds interleave the contenders (A, B, C, A, B, C, ...) so machine drift hits all
 alike; the medians are reported. Compile time is the first ``run`` call (trace +
 compile + one run) minus a steady-state run; the build time (validation and
@@ -312,8 +310,6 @@ def bench_model(name, build_ex, build_plain, build_original, steps, original_ste
         state = prepare(state)
     run_ex = lambda: jax.block_until_ready(ex.run(state, steps))
     first_s, (_, traj) = timed(run_ex)
-    run_unrolled = lambda: jax.block_until_ready(ex.run(state, steps, unroll=2))
-    run_unrolled()
     plain = build_plain(steps)
     run_plain = lambda: jax.block_until_ready(plain(key))
     plain_first_s, (pv, pc) = timed(run_plain)
@@ -324,7 +320,7 @@ def bench_model(name, build_ex, build_plain, build_original, steps, original_ste
     max_diff = 0.0 if agree else float(np.nanmax(np.abs(ours - np.asarray(pv))))
     close = max_diff <= 1e-6 * scale  # a few float32 ulps of the largest value
 
-    wall = {"procela_jax": [], "plain JAX": [], "procela": [], "unroll=2": []}
+    wall = {"procela_jax": [], "plain JAX": [], "procela": []}
     cpu = {k: [] for k in wall}
 
     def record(k, fn):
@@ -335,7 +331,6 @@ def bench_model(name, build_ex, build_plain, build_original, steps, original_ste
     for r in range(rounds):
         record("procela_jax", run_ex)
         record("plain JAX", run_plain)
-        record("unroll=2", run_unrolled)
         run_orig = build_original(original_steps, seed=r)  # a fresh world each round (not timed)
         record("procela", run_orig)
     n_steps = {k: (original_steps if k == "procela" else steps) for k in wall}
@@ -352,8 +347,6 @@ def bench_model(name, build_ex, build_plain, build_original, steps, original_ste
           f"{ratio(cpu_rate, 'procela_jax', 'plain JAX'):6.2f}x CPU   (target >= 0.7x)")
     print(f"  procela_jax / procela   : {ratio(rate, 'procela_jax', 'procela'):6.0f}x wall, "
           f"{ratio(cpu_rate, 'procela_jax', 'procela'):6.0f}x CPU   (target >= 50x)")
-    print(f"  (procela_jax with run(..., unroll=2): {rate['unroll=2']:,.0f} steps/s wall, "
-          f"{ratio(rate, 'unroll=2', 'plain JAX'):.2f}x plain JAX)")
     print(f"  build (validation + trial trace) {build_s:.2f} s; first run: trace + compile {compile_s:.2f} s "
           f"(target < 3 s); plain JAX compile {plain_first_s - med['plain JAX']:.2f} s")
     print(f"  plain JAX values equal procela_jax's: "
@@ -368,7 +361,7 @@ def main(argv=None):
     parser.add_argument("--original-steps", type=int, default=1000, help="steps per run for the original")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args(argv)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; procela_jax from {pj.__file__}")
     out = {}
     out["xyz"] = bench_model("X, Y, Z docstring world", xyz_procela_jax, xyz_plain, xyz_original,
                              args.steps, args.original_steps, args.rounds,

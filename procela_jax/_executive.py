@@ -323,20 +323,13 @@ class Executive(eqx.Module):
         *,
         save: Save | None = Save(),
         remat: bool = False,
-        unroll: int = 1,
     ) -> tuple[State, Trajectory]:
         """Run ``steps`` steps with ``lax.scan``; returns the final state and the trajectory.
 
         ``save=None`` keeps only the final state. ``remat=True`` recomputes each
         saved chunk in the backward pass (``jax.checkpoint``), so the memory of
         gradients through long runs grows with ``steps / save.every`` only.
-        ``unroll=k`` puts ``k`` steps in each loop iteration (``lax.scan``'s
-        ``unroll``): a longer compile, and on CPU a small model may run faster (the
-        loop's per-iteration overhead is shared). The numbers stay the same, up
-        to how XLA rounds the mechanisms' own arithmetic.
         """
-        if not isinstance(unroll, (int, np.integer)) or unroll < 1:
-            raise ValueError(f"unroll must be a positive int, got {unroll!r}")
         if not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
         if save is not None and not isinstance(save, Save):
@@ -344,7 +337,7 @@ class Executive(eqx.Module):
         if save is not None and save.variables is not None:
             for n in save.variables:
                 self.layout.var(n)
-        return _run_jit(self, state, int(steps), save, remat, int(unroll))
+        return _run_jit(self, state, int(steps), save, remat)
 
     def abstract_state(self) -> State:
         """The state's structure (shapes and dtypes), without computing anything."""
@@ -830,14 +823,14 @@ def _step_traced(ex, state):
 _step_jit = eqx.filter_jit(_step_traced)
 
 
-def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat: bool, unroll: int = 1):
+def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat: bool):
     TRACE_COUNT["run"] += 1
 
     def one(s, _):
         return _advance(ex, s), None
 
     if save is None:
-        state, _ = jax.lax.scan(one, state, None, length=steps, unroll=unroll)
+        state, _ = jax.lax.scan(one, state, None, length=steps)
         return state, empty_trajectory(())
     names = save.variables if save.variables is not None else ex.layout.variables
     idx = np.asarray([ex.layout.var(nm) for nm in names], np.int32)
@@ -853,7 +846,7 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
         if every == 1:
             s = _advance(ex, s)
         else:
-            s, _ = jax.lax.scan(one, s, None, length=every, unroll=unroll)
+            s, _ = jax.lax.scan(one, s, None, length=every)
         extra = save.fn(s) if save.fn is not None else None
         data = extract(s, idx, save.fields)
         if save.audit:
@@ -864,13 +857,11 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
 
     if remat:
         chunk = jax.checkpoint(chunk)
-    state, (data, steps_arr, extra) = jax.lax.scan(
-        chunk, state, None, length=n_saves, unroll=unroll if every == 1 else 1
-    )
+    state, (data, steps_arr, extra) = jax.lax.scan(chunk, state, None, length=n_saves)
     if not halting:
         steps_arr = start + every * jnp.arange(1, n_saves + 1, dtype=start.dtype)
     if rest:
-        state, _ = jax.lax.scan(one, state, None, length=rest, unroll=unroll)
+        state, _ = jax.lax.scan(one, state, None, length=rest)
     return state, Trajectory(data=data, steps=steps_arr, extra=extra, names=tuple(names))
 
 

@@ -51,6 +51,34 @@ def _fingerprint(state_with_key_data) -> str:
     return hashlib.sha256(desc.encode()).hexdigest()
 
 
+def atomic_write(path: str, write, *, overwrite: bool) -> None:
+    """Write ``write(file)`` to a temporary file beside ``path``, then move it into
+    place atomically; raise ``FileExistsError`` rather than replace an existing
+    file unless ``overwrite``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    exists = f"{path} exists; pass overwrite=True to replace it"
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic and refuses to replace an existing file
+            except FileExistsError:
+                raise FileExistsError(exists) from None
+            except OSError:
+                if os.path.exists(path):
+                    raise FileExistsError(exists) from None
+                os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def save_checkpoint(path, state, *, overwrite: bool = False) -> str:
     """Save a state (single or batched) to ``path``; returns the path.
 
@@ -80,29 +108,13 @@ def save_checkpoint(path, state, *, overwrite: bool = False) -> str:
         "payload_bytes": len(payload),
         "payload_sha256": hashlib.sha256(payload).hexdigest(),
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".ckpt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(json.dumps(header).encode() + b"\n")
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic and refuses to replace an existing file
-            except FileExistsError:
-                raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
-            except OSError:
-                if os.path.exists(path):
-                    raise FileExistsError(f"{path} exists; pass overwrite=True to replace it") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def write(f):
+        f.write(MAGIC)
+        f.write(json.dumps(header).encode() + b"\n")
+        f.write(payload)
+
+    atomic_write(path, write, overwrite=overwrite)
     return path
 
 

@@ -360,25 +360,12 @@ def _run(args) -> int:
 
 def _write_npz(path: str, arrays: dict, *, force: bool) -> None:
     """Write atomically; refuse to replace an existing file unless ``force``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    from ._checkpoint import atomic_write
+
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic, and fails if the path appeared meanwhile
-            except FileExistsError:
-                raise CliError(f"{path} exists; pass --force to overwrite it") from None
-            except OSError:
-                if os.path.exists(path):
-                    raise CliError(f"{path} exists; pass --force to overwrite it") from None
-                os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        atomic_write(path, lambda f: np.savez(f, **arrays), overwrite=force)
+    except FileExistsError:
+        raise CliError(f"{path} exists; pass --force to overwrite it") from None
 
 
 def load_results(path) -> dict:

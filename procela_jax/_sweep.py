@@ -329,8 +329,9 @@ def sweep(
     scenario's state (``ex.abstract_state()``), ``Q`` statistics, ``C`` rows per
     chunk and ``B`` saved steps per block:
 
-    - host, trajectories: ``n·K·(V·F·b + 4)`` (+ ``Save.fn`` output) ``+ n·Σ`` (final);
-    - host, summaries: ``K·Q·V·F·b + n·Σ`` (final; ``keep_final=False`` drops it);
+    - host, trajectories: ``n·K·(V·F·b + 4)`` (+ ``Save.fn`` output) ``+ n·Σ`` (final
+      states; ``keep_final=False`` drops them) ``+ 4·K`` (``res.steps``);
+    - host, summaries: ``K·Q·V·F·b + n·Σ + 4·K``;
     - device, trajectories: about ``2·C·(2Σ + B·(V·F·b + 4))`` (two blocks in flight);
     - device, summaries: ``n·Σ`` (every chunk's state stays resident)
       ``+ 2·n·B·V·F·b`` (one block of values, gathered); ``B`` is chosen so that
@@ -359,7 +360,12 @@ def sweep(
     save = _save_spec(ex, save, save_every, variables, fields)
     stats = _summary_spec(summaries, save)
     placement, sizes, n_blocks_hint = _placement(ex, spec, steps, save, stats, chunk_size, devices, progress)
-    plan = _block_plan(steps, save, block_steps, n_blocks_hint)
+    cap = None
+    if stats is not None:  # one block of every scenario's saved values stays under _VALUES_BUDGET
+        names = save.variables if save.variables is not None else ex.layout.variables
+        per_save = spec.n * len(names) * len(save.fields) * np.dtype(ex.dtype).itemsize
+        cap = max(1, _VALUES_BUDGET // max(1, per_save))
+    plan = _block_plan(steps, save, block_steps, n_blocks_hint, cap)
     runner = _Runner(ex, spec, steps, save, stats, placement, plan, keep_final, progress, sizes)
     return runner.run()
 
@@ -672,7 +678,7 @@ class _BlockPlan:
         return sum(s // save.every for s, save in self.blocks if save is not None)
 
 
-def _block_plan(steps, save, block_steps, n_blocks_hint) -> _BlockPlan:
+def _block_plan(steps, save, block_steps, n_blocks_hint, cap=None) -> _BlockPlan:
     every = save.every if save is not None else 1
     if block_steps is not None:
         if (not isinstance(block_steps, (int, np.integer)) or isinstance(block_steps, bool)
@@ -683,7 +689,8 @@ def _block_plan(steps, save, block_steps, n_blocks_hint) -> _BlockPlan:
     if block_steps is not None:
         per = int(block_steps) // every
     else:
-        per = _nice_divisor(n_units, max(1, -(-n_units // n_blocks_hint)))
+        target = max(1, -(-n_units // n_blocks_hint))
+        per = _nice_divisor(n_units, target if cap is None else min(target, cap))
     full, rest = divmod(n_units, per)
     units = (per,) * full + ((rest,) if rest else ())
     blocks = tuple((u * every, save) for u in units)

@@ -327,6 +327,18 @@ def test_interrupted_summary_sweep_keeps_finished_blocks(monkeypatch):
     assert not part.done.any()
 
 
+def test_summary_blocks_are_cut_to_bound_the_gathered_values(monkeypatch):
+    kw = dict(seeds=range(12), chunk_size=8, summaries=("mean", 0.5), variables="X")
+    whole = pj.sweep(EX, STEPS, **kw)
+    assert whole.info["block_steps"] == [STEPS]
+    # one saved step of every scenario's values: 12 scenarios x 1 variable x 2 fields x 4 bytes
+    monkeypatch.setattr(_sweep, "_VALUES_BUDGET", 2 * 12 * 1 * 2 * 4)
+    cut = pj.sweep(EX, STEPS, **kw)
+    assert cut.info["block_steps"] == [2, 2, 2]
+    for stat in ("mean", 0.5):
+        np.testing.assert_array_equal(cut.summary("X", stat), whole.summary("X", stat))
+
+
 # ---- memory -------------------------------------------------------------------------
 def test_host_memory_follows_the_documented_formula():
     ex = EX

@@ -448,7 +448,8 @@ def _inputs(ex: Executive, seeds, keys, init, params) -> _Spec:
         lengths[f"params[{path!r}]"] = _length(v, f"params[{path!r}]")
         if owner in layout.var_index and field == "init":
             if owner in init_arr:
-                raise ModelError(f"sweep: the initial value of {owner!r} is given twice, in init= and as params['{path}']")
+                raise ModelError(f"sweep: the initial value of {owner!r} is given twice, in init= and as "
+                                 f"params['{path}']")
             init_arr[owner] = v
             continue
         old = getter(ex)
@@ -524,7 +525,8 @@ def _save_spec(ex, save, save_every, variables, fields) -> Save | None:
             raise ModelError(f"sweep: save must be a procela_jax.Save or None, got {save!r}")
         for name in save.variables or ():
             if name not in ex.layout.var_index:
-                raise ModelError(f"sweep: save names unknown variable {name!r}; the variables are {list(ex.layout.variables)}")
+                raise ModelError(f"sweep: save names unknown variable {name!r}; the variables are "
+                                 f"{list(ex.layout.variables)}")
         if save.audit and not ex.audit:
             raise ModelError("sweep: Save(audit=True) needs an executive built with audit=True")
     return save
@@ -831,8 +833,9 @@ class _Runner:
         lo, hi = c * C, min((c + 1) * C, n)
         idx = np.concatenate([np.arange(lo, hi), np.full(C - (hi - lo), lo, np.int64)])  # pads repeat a real row
         put = lambda a: self.pl.put_rows(np.ascontiguousarray(a[idx]))
-        return (put(self.spec.inputs.key_data), {k: put(v) for k, v in self.spec.init.items()},
-                {k: put(v) for k, v in self.spec.mech.items()}, {k: put(v) for k, v in self.spec.init_conf.items()}), hi - lo
+        arrays = (put(self.spec.inputs.key_data), {k: put(v) for k, v in self.spec.init.items()},
+                  {k: put(v) for k, v in self.spec.mech.items()}, {k: put(v) for k, v in self.spec.init_conf.items()})
+        return arrays, hi - lo
 
     def _writer(self, c, time_slice=None):
         """``put(buf, global_array)``: copy this process's real rows of chunk ``c`` into ``buf``."""
@@ -890,34 +893,36 @@ class _Runner:
         ex, pl = self.ex_rep, self.pl
         blocks = self._blocks()
         self.traj = None
-        pending = []
+        # host copies lag one dispatch behind, so the device computes while the host copies
+        pending: list[tuple[object, object]] = []  # (arrays it reads, copy)
 
         def drain(keep):
             while len(pending) > keep:
-                pending.pop(0)()
+                pending.pop(0)[1]()
 
-        for c in range(self.n_chunks):
-            (kd, iv, mp, ic), real = self._chunk_inputs(c)
-            state = _init_chunk(ex, kd, iv, mp, ic, self.impl, pl.rows)
-            t0 = 0
-            for steps_b, save_b in blocks:
-                state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows)
-                if save_b is not None:
-                    k = steps_b // save_b.every
-                    pending.append(self._copy_traj(c, traj, slice(t0, t0 + k), real * steps_b))
-                    t0 += k
-                else:
-                    pending.append(self._count(state, real * steps_b))
+        try:
+            for c in range(self.n_chunks):
+                (kd, iv, mp, ic), real = self._chunk_inputs(c)
+                state = _init_chunk(ex, kd, iv, mp, ic, self.impl, pl.rows)
+                t0 = 0
+                for steps_b, save_b in blocks:
+                    state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows)
+                    if save_b is not None:
+                        k = steps_b // save_b.every
+                        pending.append((traj, self._copy_traj(c, traj, slice(t0, t0 + k), real * steps_b)))
+                        t0 += k
+                    else:
+                        pending.append((state, lambda: None))
+                        self.bar.update(real * steps_b)
+                    drain(1)
+                pending.append((state, self._finish_chunk(c, state)))
                 drain(1)
-            pending.append(self._finish_chunk(c, state))
-            drain(1)
-        drain(0)
-
-    def _count(self, x, amount):
-        def f():
-            jax.block_until_ready(x)
-            self.bar.update(amount)
-        return f
+            drain(0)
+        except KeyboardInterrupt:  # keep what the device already finished, wait for nothing else
+            # (a key leaf comes out of the same computation as the other leaves)
+            while pending and all(x.is_ready() for x in jax.tree.leaves(pending[0][0]) if not _is_key(x)):
+                pending.pop(0)[1]()
+            raise
 
     def _copy_traj(self, c, traj, tslice, amount):
         def f():

@@ -302,7 +302,7 @@ def test_interrupted_sweep_keeps_finished_chunks(monkeypatch):
     ex = EX
     kw = dict(seeds=range(20), chunk_size=8, block_steps=3)
     full = pj.sweep(ex, STEPS, **kw)
-    _interrupt_after(monkeypatch, 5)  # 2 blocks per chunk of 8: chunks 0 and 1 finish, chunk 2 does not
+    _interrupt_after(monkeypatch, 4)  # 2 blocks per chunk of 8: chunks 0 and 1 finish, chunk 2 does not
     with pytest.raises(pj.SweepInterrupted) as info:
         pj.sweep(ex, STEPS, **kw)
     assert isinstance(info.value, KeyboardInterrupt)

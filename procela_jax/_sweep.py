@@ -337,9 +337,10 @@ def sweep(
       ``+ 2·n·B·V·F·b`` (one block of values, gathered); ``B`` is chosen so that
       ``n·B·V·F·b`` stays under 256 MiB.
 
-    A sweep of 100,000 SIR scenarios for 365 days keeping daily summaries of ``I``
-    needs ``365·9·4`` bytes of summaries, about 100 MB of final states and about
-    300 MB on the device (see ``tests/test_sweep.py``).
+    The SIR demo has ``Σ = 1,254`` bytes: 100,000 scenarios for 365 days keeping four
+    daily summaries of ``I`` hold ``365·4·4`` bytes of summaries and 125 MB of final
+    states; the whole process peaks at about 1 GiB (``benchmarks/bench_scale.py``;
+    ``tests/test_sweep.py`` checks it stays under 4 GiB).
 
     >>> import jax.numpy as jnp, procela_jax as pj
     >>> ex = pj.demos.sir.make_executive()

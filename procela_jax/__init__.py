@@ -6,6 +6,11 @@ the :class:`Executive` runs it all as pure JAX functions of an immutable
 :class:`State`.
 """
 
+from ._calibrate import (
+    CalibrationHistory as CalibrationHistory,
+    calibrate as calibrate,
+    mse_loss as mse_loss,
+)
 from ._checkpoint import load_checkpoint as load_checkpoint, save_checkpoint as save_checkpoint
 from ._distributed import scenario_mesh as scenario_mesh
 from ._domain import (
@@ -15,6 +20,7 @@ from ._domain import (
     Domain as Domain,
     RangeDomain as RangeDomain,
     RealDomain as RealDomain,
+    StatisticalDomain as StatisticalDomain,
 )
 from ._errors import (
     CheckpointError as CheckpointError,
@@ -48,9 +54,45 @@ from ._policy import (
     WeightedConfidencePolicy as WeightedConfidencePolicy,
     WeightedVotingPolicy as WeightedVotingPolicy,
 )
+from ._process import Process as Process
 from ._record import VariableRecord as VariableRecord
+from ._reasoning import (
+    AnomalyDiagnoser as AnomalyDiagnoser,
+    AnomalyResult as AnomalyResult,
+    Diagnosis as Diagnosis,
+    EWMADetector as EWMADetector,
+    EWMAPredictor as EWMAPredictor,
+    LastPredictor as LastPredictor,
+    MeanPredictor as MeanPredictor,
+    PredictionResult as PredictionResult,
+    StatisticalDiagnoser as StatisticalDiagnoser,
+    TREND_DOWN as TREND_DOWN,
+    TREND_STABLE as TREND_STABLE,
+    TREND_UP as TREND_UP,
+    TrendDiagnoser as TrendDiagnoser,
+    TrendOperator as TrendOperator,
+    TrendPredictor as TrendPredictor,
+    TrendResult as TrendResult,
+    ZScoreDetector as ZScoreDetector,
+    direction_name as direction_name,
+)
+from ._soft_policy import (
+    SoftHighestConfidencePolicy as SoftHighestConfidencePolicy,
+    SoftMajorityVotingPolicy as SoftMajorityVotingPolicy,
+    SoftMedianPolicy as SoftMedianPolicy,
+)
 from ._recovery import FailureLog as FailureLog, Recovery as Recovery
 from ._save import Save as Save, Trajectory as Trajectory
+from ._signals import (
+    confidence as confidence,
+    conflict as conflict,
+    coverage as coverage,
+    entropy as entropy,
+    ewma_update as ewma_update,
+    fragility as fragility,
+    hypotheses as hypotheses,
+    smoothed_coverage as smoothed_coverage,
+)
 from ._simulation import Checkpoint as Checkpoint, Simulation as Simulation
 from ._state import State as State
 from ._statistics import Stats as Stats
@@ -64,6 +106,6 @@ from ._sweep import (
 from ._timer import Timer as Timer
 from ._variable import Variable as Variable
 from ._view import View as View
-from . import demos as demos
+from . import demos as demos, plot as plot
 
 __version__ = "0.1.0"

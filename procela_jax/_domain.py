@@ -18,7 +18,15 @@ from ._errors import ModelError
 
 
 class Domain:
-    """Base class of domains. Subclasses implement ``contains`` and ``project``."""
+    """Base class of domains. Subclasses implement ``contains`` and ``project``.
+
+    A domain that depends on the variable's history sets ``uses_stats = True``;
+    its ``contains(x, stats)`` and ``project(x, stats)`` then receive the
+    variable's :class:`Stats` from before the candidate value is committed
+    (``stats=None`` at build time).
+    """
+
+    uses_stats = False
 
     def contains(self, x):
         raise NotImplementedError
@@ -136,10 +144,12 @@ class CategoricalDomain(Domain):
         return float(code)
 
     def contains(self, x):
+        x = jnp.asarray(x)
         codes = jnp.asarray(self.codes, dtype=jnp.result_type(x, float))
         return jnp.any(x[..., None] == codes, axis=-1)
 
     def project(self, x):
+        x = jnp.asarray(x)
         codes = jnp.asarray(self.codes, dtype=jnp.result_type(x, float))
         x = jnp.where(jnp.isnan(x), codes[0], x)
         nearest = jnp.argmin(jnp.abs(x[..., None] - codes), axis=-1)
@@ -162,6 +172,59 @@ class BooleanDomain(CategoricalDomain):
 
     def encode(self, x):
         return float(bool(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class StatisticalDomain(Domain):
+    """A data-driven band: a value is inside when it lies within ``k`` standard
+    deviations of the mean of the values committed so far,
+    ``mean - k·std <= x <= mean + k·std``.
+
+    As the original: the statistics are those from *before* the candidate is
+    committed; while ``count < 2`` (no standard deviation yet, and at build
+    time) every number is inside; with ``std == 0`` only the mean itself is.
+    ``project`` clips into the band. The statistics are the variable's own
+    (``count`` includes steps without a resolved value, as everywhere).
+
+    >>> import jax, procela_jax as pj
+    >>> X = pj.Variable("X", pj.StatisticalDomain(k=2.0), init=0.0)
+    >>> s = pj.Executive(variables=[X]).init(jax.random.key(0)).set("X", 2.0)   # mean 1, std 1
+    >>> d = X.domain
+    >>> bool(d.contains(3.0, s.stats("X"))), bool(d.contains(3.5, s.stats("X"))), float(d.project(9.0, s.stats("X")))
+    (True, False, 3.0)
+    """
+
+    k: float = 3.0
+    uses_stats = True
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, (int, float)):
+            raise ModelError(f"StatisticalDomain: k must be a number, got {self.k!r}")
+        if math.isnan(self.k) or self.k < 0:
+            raise ModelError(f"StatisticalDomain: k must be non-negative, got {self.k!r}")
+        object.__setattr__(self, "k", float(self.k))
+
+    def _band(self, stats):
+        mean, std = stats.mean, stats.std
+        ok = (stats.count >= 2) & ~jnp.isnan(mean) & ~jnp.isnan(std)
+        mean, std = jnp.where(ok, mean, 0), jnp.where(ok, std, 0)
+        return ok, mean - self.k * std, mean + self.k * std
+
+    def contains(self, x, stats=None):
+        x = jnp.asarray(x)
+        inside = ~jnp.isnan(x)
+        if stats is None:
+            return inside
+        ok, lo, hi = self._band(stats)
+        return inside & (~ok | ((lo <= x) & (x <= hi)))
+
+    def project(self, x, stats=None):
+        x = jnp.asarray(x)
+        if stats is None:
+            return jnp.where(jnp.isnan(x), 0.0, x)
+        ok, lo, hi = self._band(stats)
+        x = jnp.where(jnp.isnan(x), jnp.where(ok, (lo + hi) / 2, 0.0), x)
+        return jnp.where(ok, jnp.clip(x, lo, hi), x)
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -191,13 +254,20 @@ class CompositeDomain(Domain):
             raise ModelError("CompositeDomain needs at least one domain")
         object.__setattr__(self, "parts", tuple(flat))
 
-    def contains(self, x):
-        ok = self.parts[0].contains(x)
+    @property
+    def uses_stats(self) -> bool:
+        return any(p.uses_stats for p in self.parts)
+
+    def contains(self, x, stats=None):
+        def one(p):
+            return p.contains(x, stats) if p.uses_stats else p.contains(x)
+
+        ok = one(self.parts[0])
         for p in self.parts[1:]:
-            ok = ok & p.contains(x)
+            ok = ok & one(p)
         return ok
 
-    def project(self, x):
+    def project(self, x, stats=None):
         for p in self.parts:
-            x = p.project(x)
+            x = p.project(x, stats) if p.uses_stats else p.project(x)
         return x

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,13 +24,13 @@ from ._recovery import (
     Recovery,
 )
 from ._layout import Layout
-from ._mechanism import Mechanism, stable_id
+from ._mechanism import BASE_FIELDS, Mechanism, stable_id
 from ._memory import SOURCE_BLEND, SOURCE_EXTERNAL, Memory
 from ._record import VariableRecord
 from ._save import Save, Trajectory, empty_trajectory, extract
-from ._state import State, commit_records
+from ._state import State, commit_records, put
 from ._statistics import Stats
-from ._variable import Variable
+from ._variable import Variable, apply_validators
 from ._view import View
 
 #: Incremented each time a step or a run is traced (tests use it to catch recompiles).
@@ -290,7 +292,7 @@ class Executive(eqx.Module):
                 raise ModelError(
                     f"parameter {path!r} has shape {jnp.shape(old)}, got a value of shape {jnp.shape(new)}"
                 )
-            ex = eqx.tree_at(getter, ex, new)
+            ex = _setter(ex, path)(ex, new)
         return ex
 
     # ---- pure core ------------------------------------------------------------
@@ -405,13 +407,8 @@ def _getter(ex: Executive, path: str):
     if owner in ex.layout.mech_index:
         i = ex.layout.mech_index[owner]
         m = ex.mechanisms[i]
-        if field not in {f.name for f in dataclasses.fields(m)} or field in (
-            "reads", "writes", "name", "run_in_safe_mode"
-        ):
-            params = [
-                f.name for f in dataclasses.fields(m)
-                if f.name not in ("reads", "writes", "name", "run_in_safe_mode")
-            ]
+        if field not in {f.name for f in dataclasses.fields(m)} or field in BASE_FIELDS:
+            params = [f.name for f in dataclasses.fields(m) if f.name not in BASE_FIELDS]
             raise ModelError(f"mechanism {owner!r} has no parameter {field!r}; its parameters: {params}")
         return lambda e: getattr(e.mechanisms[i], field)
     if owner in ex.layout.var_index:
@@ -427,27 +424,58 @@ def _getter(ex: Executive, path: str):
     )
 
 
+def _setter(ex: Executive, path: str):
+    """``set(ex, value) -> ex`` for a parameter path (pure, differentiable).
+
+    Mechanism fields are leaves (``eqx.tree_at``); initial values are entries of
+    one array, set with ``.at[j].set``.
+    """
+    getter = _getter(ex, path)
+    owner, field = path.split(".")
+    if owner in ex.layout.mech_index:
+        return lambda e, value: eqx.tree_at(getter, e, value)
+    j = ex.layout.var_index[owner]
+    where = (lambda e: e.init_values) if field == "init" else (lambda e: e.init_confidences)
+    return lambda e, value: eqx.tree_at(where, e, where(e).at[j].set(value))
+
+
 def _init(ex: Executive, key, init, active_invariants, aux) -> State:
+    """Resolve names and labels here (Python), then build the state in one jitted call:
+    eager construction compiled dozens of tiny ops for every new model."""
+    layout = ex.layout
+    k = len(layout.invariants)
+    dtype = jnp.dtype(ex.dtype)
+    overrides = {}
+    for name, v in (init or {}).items():
+        i = layout.var(name)
+        if isinstance(v, (int, float, str, bool)):
+            v = ex.variables[i].encode(v)
+        overrides[i] = jnp.asarray(v, dtype)
+    if active_invariants is None:
+        active = np.ones((k,), bool)
+    elif isinstance(active_invariants, dict):
+        active = {layout.inv(name): jnp.asarray(on, bool) for name, on in active_invariants.items()}
+    else:
+        chosen = {layout.inv(nm) for nm in active_invariants}
+        active = np.asarray([i in chosen for i in range(k)], bool)
+    aux = None if aux is None else _to_arrays(aux, dtype)
+    return _init_jit(ex, key, overrides, active, aux)
+
+
+@eqx.filter_jit
+def _init_jit(ex: Executive, key, overrides, active, aux) -> State:
     layout = ex.layout
     n, m, k = len(layout.variables), len(layout.mechanisms), len(layout.invariants)
     dtype = jnp.dtype(ex.dtype)
     values = ex.init_values
-    if init:
-        for name, v in init.items():
-            i = layout.var(name)
-            var = ex.variables[i]
-            if isinstance(v, (int, float, str, bool)):
-                v = var.encode(v)
-            values = values.at[i].set(jnp.asarray(v, dtype))
-    if active_invariants is None:
+    for i, v in overrides.items():
+        values = values.at[i].set(v)
+    if isinstance(active, dict):
         inv_active = jnp.ones((k,), bool)
-    elif isinstance(active_invariants, dict):
-        inv_active = jnp.ones((k,), bool)
-        for name, on in active_invariants.items():
-            inv_active = inv_active.at[layout.inv(name)].set(on)
+        for i, on in active.items():
+            inv_active = inv_active.at[i].set(on)
     else:
-        chosen = {layout.inv(nm) for nm in active_invariants}
-        inv_active = jnp.asarray([i in chosen for i in range(k)], bool)
+        inv_active = jnp.asarray(active)
     z = lambda size: jnp.zeros((size,), jnp.int32)
     neg = lambda size: jnp.full((size,), -1, jnp.int32)
     state = State(
@@ -458,7 +486,7 @@ def _init(ex: Executive, key, init, active_invariants, aux) -> State:
         stats_=Stats.empty(n, dtype),
         memory=Memory.empty(tuple(v.memory for v in ex.variables), dtype),
         active_policy=z(n),
-        enabled=jnp.ones((m,), bool),
+        enabled=jnp.asarray(np.asarray([mech.enabled for mech in ex.mechanisms], bool).reshape(m)),
         proposed=jnp.zeros((m,), bool),
         invalid_proposals=z(m),
         invalid_first_step=neg(m),
@@ -501,6 +529,11 @@ def _check_phase(ex: Executive, state: State, phase: InvariantPhase, pending=Non
     for k, inv in enumerate(ex.invariants):
         if inv.phase is not phase:
             continue
+        if inv.update is not None:
+            def track(s, update=inv.update, name=inv.name):
+                return _match_types(update(s, View(s, pending)), s, f"the update of invariant {name!r}")
+
+            state = jax.lax.cond(state.invariant_active[k] & ~state.halted, track, lambda s: s, state)
         view = View(state, pending)
         ok = jnp.asarray(inv.condition(view))
         if ok.shape != () :
@@ -513,11 +546,10 @@ def _check_phase(ex: Executive, state: State, phase: InvariantPhase, pending=Non
             lambda s: (s.violation_count, s.violation_first_step, s.violation_last_step),
             state,
             (
-                state.violation_count.at[k].add(violated.astype(jnp.int32)),
-                state.violation_first_step.at[k].set(
-                    jnp.where(violated & (state.violation_first_step[k] < 0), t, state.violation_first_step[k])
-                ),
-                state.violation_last_step.at[k].set(jnp.where(violated, t, state.violation_last_step[k])),
+                put(state.violation_count, k, state.violation_count[k] + violated.astype(jnp.int32)),
+                put(state.violation_first_step, k,
+                    jnp.where(violated & (state.violation_first_step[k] < 0), t, state.violation_first_step[k])),
+                put(state.violation_last_step, k, jnp.where(violated, t, state.violation_last_step[k])),
             ),
         )
         if inv.on_violation is not None:
@@ -572,10 +604,29 @@ def _propose(ex: Executive, state: State, step_key):
     if not all(plan.safe):
         safe = jnp.asarray(np.asarray(plan.safe))
         active = active & (safe | ~state.safe_mode)
-    if not pv:
-        empty = jnp.zeros((0,), dtype)
-        return empty, empty, empty, jnp.zeros((0,), bool), active
-    return jnp.stack(pv), jnp.stack(pc), jnp.stack(pw), active[np.asarray(plan.prop_mech)], active
+    # lists of scalars, one per proposal: the slots are built from them directly
+    return pv, pc, pw, [active[i] for i in plan.prop_mech], active
+
+
+#: Up to this many entries, static tables are applied with static slices, which XLA
+#: fuses into the step's elementwise kernels (a gather or a reduction is a kernel of
+#: its own on CPU, and tiny kernels dominate the cost of a small model's step).
+_SMALL = 1024
+
+
+def _take_static(items, table, fill, dtype):
+    """``items[table]`` for a list of scalars and a static 2-D index table (entries
+    ``len(items)`` give ``fill``): stacked directly when small, gathered otherwise."""
+    table = np.asarray(table)
+    if table.size > _SMALL:
+        return jnp.concatenate([jnp.stack(items).astype(dtype), jnp.asarray([fill], dtype)])[table]
+    fill = jnp.asarray(fill, dtype)
+    return jnp.stack([jnp.stack([items[p] if p < len(items) else fill for p in row]) for row in table])
+
+
+def _columns(reduce, a):
+    """Reduce the last axis of a small 2-D array column by column (elementwise)."""
+    return functools.reduce(reduce, [a[:, j] for j in range(a.shape[1])])
 
 
 def _step_impl(ex: Executive, state: State, retry=None) -> State:
@@ -599,31 +650,40 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     # 2. mechanisms propose (each reads the values committed at the previous step)
     pv, pc, pw, prop_active, mech_active = _propose(ex, state, step_key)
     state = eqx.tree_at(lambda s: s.proposed, state, mech_active)
-    valid = jnp.isfinite(pv) & jnp.isfinite(pc) & (pc >= 0) & (pc <= 1) & jnp.isfinite(pw) & (pw >= 0)
-    if m:
-        bad = (prop_active & ~valid).astype(jnp.int32)
-        if m <= 64:  # proposals of a mechanism are contiguous: static slices fuse
-            bounds = np.searchsorted(np.asarray(plan.prop_mech), np.arange(m + 1))
-            per_mech = jnp.stack([jnp.sum(bad[a:b], dtype=jnp.int32) for a, b in zip(bounds[:-1], bounds[1:])])
-        else:
-            per_mech = jax.ops.segment_sum(bad, np.asarray(plan.prop_mech, np.int32), m)
-        first = jnp.where((per_mech > 0) & (state.invalid_first_step < 0), t, state.invalid_first_step)
-        state = eqx.tree_at(
-            lambda s: (s.invalid_proposals, s.invalid_first_step),
-            state,
-            (state.invalid_proposals + per_mech, first),
-        )
-    pad = lambda a, fill: jnp.concatenate([a, jnp.asarray([fill], a.dtype)])
     slot_prop = np.asarray(plan.slot_prop, np.int32).reshape(n, -1)
     width = slot_prop.shape[1]
+    dtype = jnp.dtype(ex.dtype)
     if width:
-        sv = pad(pv, 0)[slot_prop]
-        sc = pad(pc, 0)[slot_prop]
-        sw = pad(pw, 0)[slot_prop]
-        smask = pad(valid & prop_active, False)[slot_prop]
+        sv = _take_static(pv, slot_prop, 0, dtype)
+        sc = _take_static(pc, slot_prop, 0, dtype)
+        sw = _take_static(pw, slot_prop, 0, dtype)
+        sactive = _take_static(prop_active, slot_prop, False, jnp.bool_)
     else:
-        sv = sc = sw = jnp.zeros((n, 0), jnp.dtype(ex.dtype))
-        smask = jnp.zeros((n, 0), bool)
+        sv = sc = sw = jnp.zeros((n, 0), dtype)
+        sactive = jnp.zeros((n, 0), bool)
+    valid = jnp.isfinite(sv) & jnp.isfinite(sc) & (sc >= 0) & (sc <= 1) & jnp.isfinite(sw) & (sw >= 0)
+    smask = valid & sactive
+    if m:
+        # invalid proposals of enabled mechanisms, counted per mechanism
+        bad = (sactive & ~valid).astype(jnp.int32)
+        slot_mech_np = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
+        if n * width <= _SMALL:  # each proposal has one slot: add the mechanism's slots
+            zero = jnp.zeros((), jnp.int32)
+            cells = [[] for _ in range(m)]
+            for i, j in zip(*np.nonzero(slot_mech_np >= 0)):
+                cells[slot_mech_np[i, j]].append(bad[i, j])
+            per_mech = jnp.stack([functools.reduce(operator.add, c, zero) for c in cells])
+        else:
+            flat = slot_mech_np.reshape(-1)
+            per_mech = jax.ops.segment_sum(
+                jnp.where(flat >= 0, bad.reshape(-1), 0), np.where(flat >= 0, flat, 0), m
+            )
+        counts = state.invalid_proposals + per_mech
+        new = counts > state.invalid_proposals  # (per_mech is not kept: one kernel less)
+        first = jnp.where(new & (state.invalid_first_step < 0), t, state.invalid_first_step)
+        state = eqx.tree_at(lambda s: (s.invalid_proposals, s.invalid_first_step), state, (counts, first))
+    if width and any(v.validators for v in ex.variables):
+        smask = apply_validators(ex.variables, sv, sc, smask)
     slot_mech = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
     pending = dict(values=sv, confidences=sc, weights=sw, mask=smask, sources=jnp.asarray(slot_mech))
     state = guarded(before, state)
@@ -652,13 +712,21 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
             res_v = res_v.at[idx].set(jnp.asarray(v, res_v.dtype))
             res_c = res_c.at[idx].set(jnp.asarray(c, res_c.dtype))
             winner = winner.at[idx].set(jnp.asarray(w, jnp.int32))
-    has_value = jnp.any(smask, axis=-1) if width else jnp.zeros((n,), bool)
-    source = jnp.where(
-        winner >= 0,
-        jnp.take_along_axis(jnp.asarray(slot_mech), jnp.clip(winner, 0, None)[:, None], -1)[:, 0]
-        if width else SOURCE_BLEND,
-        SOURCE_BLEND,
-    )
+    if not width:
+        has_value = jnp.zeros((n,), bool)
+        source = jnp.full((n,), SOURCE_BLEND, jnp.int32)
+    elif n * width <= _SMALL:  # elementwise: fuses with the rest of the step
+        has_value = _columns(operator.or_, smask)
+        source = jnp.full((n,), SOURCE_BLEND, jnp.int32)
+        for j in range(width):
+            source = jnp.where(winner == j, jnp.asarray(slot_mech[:, j]), source)
+    else:
+        has_value = jnp.any(smask, axis=-1)
+        source = jnp.where(
+            winner >= 0,
+            jnp.take_along_axis(jnp.asarray(slot_mech), jnp.clip(winner, 0, None)[:, None], -1)[:, 0],
+            SOURCE_BLEND,
+        )
     # 5. domain enforcement and commit (every writable variable, even without hypotheses)
     commit = jnp.asarray(np.asarray(layout.writable, bool))
     state = commit_records(state, commit, has_value, res_v, res_c, source, record_step=t + 1)
@@ -706,24 +774,34 @@ def _recovering_step(ex: Executive, state: State) -> State:
     cand = _step_impl(ex, state)
     failed, kind, who = _failure(ex, state, cand)
     attempts = jnp.asarray(1, jnp.int32)
+    # what every attempt recorded: counts add up, first/last steps are this step's
+    tally = (cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
+             cand.violation_first_step, cand.violation_last_step)
     for r in range(1, rec.retries + 1):
         def retry(_, r=r):
             return _step_impl(ex, state, retry=r)
 
         again = jax.lax.cond(failed, retry, lambda c: c, cand)
-        attempts = attempts + failed.astype(jnp.int32)
+        ran = failed
+        attempts = attempts + ran.astype(jnp.int32)
+        tally = (
+            tally[0] + jnp.where(ran, again.invalid_proposals - state.invalid_proposals, 0),
+            jnp.where(tally[1] >= 0, tally[1], again.invalid_first_step),
+            tally[2] + jnp.where(ran, again.violation_count - state.violation_count, 0),
+            jnp.where(tally[3] >= 0, tally[3], again.violation_first_step),
+            jnp.maximum(tally[4], again.violation_last_step),
+        )
         cand = again
         still, _, _ = _failure(ex, state, cand)
         failed = failed & still
+    counters = lambda s: (s.invalid_proposals, s.invalid_first_step, s.violation_count,
+                          s.violation_first_step, s.violation_last_step)
+    cand = eqx.tree_at(counters, cand, tally)
     # every attempt failed: keep the previous world, skip the step, keep the counters
     rolled = eqx.tree_at(
-        lambda s: (s.step, s.invalid_proposals, s.invalid_first_step, s.violation_count,
-                   s.violation_first_step, s.violation_last_step, s.safe_mode, s.halted,
-                   s.halted_by, s.halted_at),
+        lambda s: (s.step, *counters(s), s.safe_mode, s.halted, s.halted_by, s.halted_at),
         state,
-        (state.step + 1, cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
-         cand.violation_first_step, cand.violation_last_step, cand.safe_mode, cand.halted,
-         cand.halted_by, cand.halted_at),
+        (state.step + 1, *tally, cand.safe_mode, cand.halted, cand.halted_by, cand.halted_at),
     )
     out = _tree_where(failed, rolled, cand)
     first_failed = (attempts > 1) | failed
@@ -759,6 +837,11 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
     every = save.every
     n_saves, rest = divmod(steps, every)
 
+    # the step index grows by one each step unless a FATAL invariant can halt the
+    # world: then the saved steps are known in advance and need not be recorded
+    halting = any(inv.severity is InvariantSeverity.FATAL for inv in ex.invariants)
+    start = state.step
+
     def chunk(s, _):
         if every == 1:
             s = _advance(ex, s)
@@ -770,11 +853,13 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
             if s.audit is None:
                 raise ModelError("Save(audit=True) needs an executive built with audit=True")
             data["audit"] = {k: v[idx] for k, v in s.audit.items()}
-        return s, (data, s.step, extra)
+        return s, (data, s.step if halting else None, extra)
 
     if remat:
         chunk = jax.checkpoint(chunk)
     state, (data, steps_arr, extra) = jax.lax.scan(chunk, state, None, length=n_saves)
+    if not halting:
+        steps_arr = start + every * jnp.arange(1, n_saves + 1, dtype=start.dtype)
     if rest:
         state, _ = jax.lax.scan(one, state, None, length=rest)
     return state, Trajectory(data=data, steps=steps_arr, extra=extra, names=tuple(names))
@@ -831,8 +916,10 @@ def _trial_trace(ex: Executive) -> None:
             )
         for k, rec in out.items():
             if not isinstance(rec, VariableRecord):
+                # the trial trace turns numbers and arrays into ShapeDtypeStructs
+                what = "a bare number or array" if isinstance(rec, jax.ShapeDtypeStruct) else type(rec).__name__
                 raise ModelError(
-                    f"mechanism {mech.name!r} returned {type(rec).__name__} for {k!r}; "
+                    f"mechanism {mech.name!r} returned {what} for {k!r}; "
                     "return a procela_jax.VariableRecord(value, confidence=...)"
                 )
             for field in ("value", "confidence", "weight"):

@@ -45,13 +45,18 @@ class InvariantSoftness(enum.Enum):
     SOFT = "soft"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class SystemInvariant:
     """An invariant: ``condition(snapshot)`` must hold; when it does not, the
     violation is counted and ``on_violation(state, snapshot) -> state`` is applied.
 
     Both functions are pure and traced into the step. Defaults follow the
     original: ``phase=RUNTIME``, ``severity=CRITICAL``, ``softness=HARD``.
+    ``update(state, snapshot) -> state``, when given, runs at every check of an
+    active invariant, before its condition: the invariant's own bookkeeping in
+    ``state.aux`` (counters, the end of an experiment it started), which the
+    original keeps in the condition's side effects. The condition then sees the
+    updated state.
     ``rollback=True`` makes a violation a failure of the step, which an executive
     with a :class:`Recovery` retries or rolls back.
 
@@ -70,6 +75,7 @@ class SystemInvariant:
     message: str = ""
     softness: InvariantSoftness = InvariantSoftness.HARD
     rollback: bool = False
+    update: Callable | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name or "." in self.name:
@@ -78,6 +84,8 @@ class SystemInvariant:
             raise ModelError(f"invariant {self.name!r}: condition must be callable")
         if self.on_violation is not None and not callable(self.on_violation):
             raise ModelError(f"invariant {self.name!r}: on_violation must be callable or None")
+        if self.update is not None and not callable(self.update):
+            raise ModelError(f"invariant {self.name!r}: update must be callable or None")
         if not isinstance(self.phase, InvariantPhase):
             raise ModelError(f"invariant {self.name!r}: phase must be an InvariantPhase, got {self.phase!r}")
         if not isinstance(self.severity, InvariantSeverity):

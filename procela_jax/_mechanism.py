@@ -15,6 +15,10 @@ def _names(xs: Any) -> tuple[str, ...]:
     return tuple(x if isinstance(x, str) else getattr(x, "name", x) for x in xs)
 
 
+#: the base fields every mechanism has; all other fields are its parameters
+BASE_FIELDS = ("reads", "writes", "name", "run_in_safe_mode", "enabled")
+
+
 def stable_id(name: str) -> int:
     """A stable 31-bit id of a name (CRC-32), used to fold per-mechanism keys."""
     return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
@@ -32,8 +36,9 @@ class Mechanism(eqx.Module):
 
     Keyword-only base fields: ``reads`` and ``writes`` (Variable objects or
     names, stored as tuples of names), ``name`` (defaults to the class name; names
-    are unique and contain no ``"."``), and ``run_in_safe_mode`` (whether it keeps
-    running after a CRITICAL invariant switched safe mode on). A subclass that
+    are unique and contain no ``"."``), ``run_in_safe_mode`` (whether it keeps
+    running after a CRITICAL invariant switched safe mode on) and ``enabled``
+    (whether it starts enabled; governance switches it with ``state.enable``). A subclass that
     defines ``__post_init__`` must call ``super().__post_init__()``.
 
     >>> import jax, procela_jax as pj
@@ -52,6 +57,7 @@ class Mechanism(eqx.Module):
     writes: tuple[str, ...] = eqx.field(static=True, kw_only=True, converter=_names, default=())
     name: str = eqx.field(static=True, kw_only=True, default=None)
     run_in_safe_mode: bool = eqx.field(static=True, kw_only=True, default=True)
+    enabled: bool = eqx.field(static=True, kw_only=True, default=True)
 
     def __post_init__(self):
         if self.name is None:

@@ -16,28 +16,31 @@ SOURCE_NONE = -3  # no valid hypothesis this step: value held (the original's No
 class Memory(eqx.Module):
     """The most recent committed records of every variable, oldest overwritten first.
 
-    Arrays have shape ``(n_variables, capacity)``; each variable uses its own
-    capacity (``Variable(memory=...)``) inside that. ``written`` counts records
+    ``value``, ``confidence``, ``step`` and ``source`` have shape
+    ``(n_variables, capacity)`` (views of two stacked buffers); each variable uses
+    its own capacity (``Variable(memory=...)``) inside that. ``written`` counts records
     ever committed; the state's size never grows with the number of steps.
     ``source`` is the index of the mechanism whose hypothesis decided the value,
     or one of ``SOURCE_BLEND`` (-1), ``SOURCE_EXTERNAL`` (-2), ``SOURCE_NONE`` (-3).
     """
 
-    value: Array
-    confidence: Array
-    step: Array
-    source: Array
+    records: Array  # (..., n, capacity, 2) floats: value, confidence
+    tags: Array  # (..., n, capacity, 2) int32: step, source
     written: Array
     capacity: tuple[int, ...] = eqx.field(static=True)
+
+    # stacked, so a step writes the buffer in two fused kernels instead of four
+    value = property(lambda self: self.records[..., 0])
+    confidence = property(lambda self: self.records[..., 1])
+    step = property(lambda self: self.tags[..., 0])
+    source = property(lambda self: self.tags[..., 1])
 
     @classmethod
     def empty(cls, capacity: tuple[int, ...], dtype) -> Memory:
         n, c = len(capacity), max(capacity, default=1)
         return cls(
-            value=jnp.zeros((n, c), dtype),
-            confidence=jnp.zeros((n, c), dtype),
-            step=jnp.full((n, c), -1, jnp.int32),
-            source=jnp.full((n, c), SOURCE_NONE, jnp.int32),
+            records=jnp.zeros((n, c, 2), dtype),
+            tags=jnp.broadcast_to(jnp.asarray([-1, SOURCE_NONE], jnp.int32), (n, c, 2)),
             written=jnp.zeros((n,), jnp.int32),
             capacity=tuple(capacity),
         )
@@ -47,24 +50,24 @@ class Memory(eqx.Module):
         cap = jnp.asarray(np.asarray(self.capacity, np.int32))
         slot = self.written % cap
         rows = jnp.arange(n)
-        width = self.value.shape[-1]
+        width = self.records.shape[-2]
+        records = jnp.stack([value, jnp.asarray(confidence, value.dtype)], axis=-1)
+        tags = jnp.stack([jnp.broadcast_to(step, (n,)).astype(jnp.int32), source.astype(jnp.int32)], axis=-1)
         if n * width <= 1 << 16:
             # small buffers: a masked blend fuses into one loop (faster than a scatter)
             hit = (jnp.arange(width)[None, :] == slot[:, None]) & commit[:, None]
 
             def put(buf, new):
-                return jnp.where(hit, new[:, None], buf)
+                return jnp.where(hit[..., None], new[:, None, :], buf)
         else:
 
             def put(buf, new):
                 old = buf[rows, slot]
-                return buf.at[rows, slot].set(jnp.where(commit, new, old))
+                return buf.at[rows, slot].set(jnp.where(commit[:, None], new, old))
 
         return Memory(
-            value=put(self.value, value),
-            confidence=put(self.confidence, confidence),
-            step=put(self.step, jnp.broadcast_to(step, (n,)).astype(jnp.int32)),
-            source=put(self.source, source.astype(jnp.int32)),
+            records=put(self.records, records.astype(self.records.dtype)),
+            tags=put(self.tags, tags),
             written=self.written + commit.astype(jnp.int32),
             capacity=self.capacity,
         )

@@ -21,6 +21,7 @@ import functools
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 
@@ -39,6 +40,28 @@ def _masked(x, mask):
     # the double-where trick: masked entries are replaced before any arithmetic,
     # so a NaN proposal in a masked slot can never reach a value or a gradient.
     return jnp.where(mask, x, jnp.zeros_like(x))
+
+
+@jax.custom_jvp
+def unfused(x):
+    """``x`` itself, rounded on its own: use it on a product before adding it.
+
+    XLA on CPU contracts ``acc + a * b`` into a fused multiply-add (one rounding
+    instead of two), so a jitted sum of products can differ in the last bit from
+    the same sum in Python. A select on the product's own value sits between the
+    multiply and the add and stops the fusion (a select on a mask can be folded
+    away when an outer select tests the same mask). The derivative is the identity.
+
+    >>> import jax.numpy as jnp
+    >>> float(unfused(jnp.asarray(0.1) * 3.0))
+    0.30000001192092896
+    """
+    return jnp.where(x != 0, x, jnp.zeros_like(x))
+
+
+@unfused.defjvp
+def _unfused_jvp(primals, tangents):
+    return unfused(primals[0]), tangents[0]
 
 
 def _safe_div(num, den):
@@ -60,7 +83,7 @@ class Policy(eqx.Module):
     ...         return take(values), take(confidences), first
     >>> v, c, w = TrustFirst().resolve(jnp.array([1.0, 2.0]), jnp.array([0.3, 0.9]),
     ...                                jnp.ones(2), jnp.array([False, True]))
-    >>> float(v), float(c), int(w)
+    >>> float(v), round(float(c), 6), int(w)
     (2.0, 0.9, 1)
     """
 
@@ -91,8 +114,9 @@ class WeightedVotingPolicy(Policy):
         n = seqsum(mask.astype(values.dtype))
         wsum = seqsum(w)
         weighted = wsum > 0
-        value = jnp.where(weighted, _safe_div(seqsum(v * w), wsum), _safe_div(seqsum(v), n))
-        conf = jnp.where(weighted, _safe_div(seqsum(c * w), wsum), _safe_div(seqsum(c), n))
+        vw, cw = unfused(v * w), unfused(c * w)
+        value = jnp.where(weighted, _safe_div(seqsum(vw), wsum), _safe_div(seqsum(v), n))
+        conf = jnp.where(weighted, _safe_div(seqsum(cw), wsum), _safe_div(seqsum(c), n))
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 
 
@@ -114,7 +138,7 @@ class WeightedConfidencePolicy(Policy):
         n = seqsum(mask.astype(values.dtype))
         csum = seqsum(c)
         weighted = csum > 0
-        value = jnp.where(weighted, _safe_div(seqsum(v * c), csum), _safe_div(seqsum(v), n))
+        value = jnp.where(weighted, _safe_div(seqsum(unfused(v * c)), csum), _safe_div(seqsum(v), n))
         conf = jnp.where(weighted, _safe_div(csum, n), 0.0)
         return value, conf.astype(values.dtype), jnp.full(value.shape, -1, jnp.int32)
 
@@ -126,15 +150,29 @@ class HighestConfidencePolicy(Policy):
     >>> v, c, w = pj.HighestConfidencePolicy().resolve(
     ...     jnp.array([1.0, 2.0, 3.0]), jnp.array([0.5, 0.9, 0.9]), jnp.ones(3),
     ...     jnp.ones(3, bool))
-    >>> float(v), float(c), int(w)
+    >>> float(v), round(float(c), 6), int(w)
     (2.0, 0.9, 1)
     """
 
     def resolve(self, values, confidences, weights, mask):
-        rank = jnp.where(mask, _masked(confidences, mask), -1.0)
+        v, c = _masked(values, mask), _masked(confidences, mask)
+        rank = jnp.where(mask, c, -1.0)
+        n = rank.shape[-1]
+        if 0 < n <= 64:
+            # a left-to-right scan of the few slots: elementwise, so it fuses with the
+            # rest of the step (argmax and gathers are separate kernels on CPU)
+            best_r, best_v, best_c = rank[..., 0], v[..., 0], c[..., 0]
+            winner = jnp.zeros(rank.shape[:-1], jnp.int32)
+            for j in range(1, n):
+                better = rank[..., j] > best_r  # strict: ties stay with the first slot
+                best_r = jnp.where(better, rank[..., j], best_r)
+                best_v = jnp.where(better, v[..., j], best_v)
+                best_c = jnp.where(better, c[..., j], best_c)
+                winner = jnp.where(better, j, winner)
+            return best_v, best_c, winner
         winner = jnp.argmax(rank, axis=-1)
         take = lambda a: jnp.take_along_axis(a, winner[..., None], -1)[..., 0]
-        return take(_masked(values, mask)), take(_masked(confidences, mask)), winner.astype(jnp.int32)
+        return take(v), take(c), winner.astype(jnp.int32)
 
 
 class MeanPolicy(Policy):
@@ -173,7 +211,7 @@ class MedianPolicy(Policy):
     >>> v, c, _ = pj.MedianPolicy().resolve(jnp.array([1.0, 100.0, 3.0]),
     ...                                     jnp.array([0.5, 0.5, 0.8]), jnp.ones(3),
     ...                                     jnp.ones(3, bool))
-    >>> float(v), float(c)
+    >>> float(v), round(float(c), 6)
     (3.0, 0.6)
     """
 
@@ -226,7 +264,7 @@ class FunctionPolicy(Policy):
     >>> p = pj.FunctionPolicy(cautious, name="cautious")
     >>> v, c, _ = p.resolve(jnp.array([3.0, 1.0]), jnp.array([0.4, 0.7]), jnp.ones(2),
     ...                     jnp.ones(2, bool))
-    >>> float(v), float(c)
+    >>> float(v), round(float(c), 6)
     (1.0, 0.4)
     """
 

@@ -31,8 +31,8 @@ class Recovery:
     into the step key (so it does not replay the same draws). If every attempt
     fails, the step is rolled back: values, statistics and memory stay as before
     the step, the step index still advances (the step is skipped), and the failure
-    is logged. Counters (invalid proposals, violations) keep what the failed
-    attempts recorded, so nothing is lost.
+    is logged. Counters (invalid proposals, violations) add up what every
+    attempt recorded, failed ones included, so nothing is lost.
 
     >>> import procela_jax as pj
     >>> pj.Recovery(retries=2)

@@ -71,6 +71,9 @@ _GETTERS = {
 
 def extract(state, names_idx, fields):
     """The saved quantities of one state, as a dict field -> array (n_selected,)."""
+    n = len(state.layout.variables)
+    if len(names_idx) == n and all(int(i) == k for k, i in enumerate(names_idx)):
+        return {f: _GETTERS[f](state) for f in fields}  # all of them: no gather
     return {f: _GETTERS[f](state)[..., names_idx] for f in fields}
 
 

@@ -6,6 +6,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from ._policy import unfused
+
 
 class Stats(eqx.Module):
     """Running statistics of the records committed to a variable.
@@ -28,65 +30,74 @@ class Stats(eqx.Module):
     """
 
     count: Array
-    sum: Array
-    sumsq: Array
-    min: Array
-    max: Array
-    last: Array
-    ewma: Array
-    confidence_sum: Array
+    data: Array  # (..., n, 7): sum, sumsq, min, max, last, ewma, confidence_sum
+
+    # one stacked array, so a step updates the statistics in one fused kernel
+    # instead of one per field (tiny kernels dominate a small model's step on CPU)
+    sum = property(lambda self: self.data[..., 0])
+    sumsq = property(lambda self: self.data[..., 1])
+    min = property(lambda self: self.data[..., 2])
+    max = property(lambda self: self.data[..., 3])
+    last = property(lambda self: self.data[..., 4])
+    ewma = property(lambda self: self.data[..., 5])
+    confidence_sum = property(lambda self: self.data[..., 6])
 
     @classmethod
     def empty(cls, n: int, dtype) -> Stats:
-        z = jnp.zeros((n,), dtype)
-        return cls(
-            count=jnp.zeros((n,), jnp.int32),
-            sum=z,
-            sumsq=z,
-            min=jnp.full((n,), jnp.inf, dtype),
-            max=jnp.full((n,), -jnp.inf, dtype),
-            last=jnp.full((n,), jnp.nan, dtype),
-            ewma=jnp.full((n,), jnp.nan, dtype),
-            confidence_sum=z,
-        )
+        inf, nan = jnp.inf, jnp.nan
+        row = jnp.asarray([0.0, 0.0, inf, -inf, nan, nan, 0.0], dtype)
+        return cls(count=jnp.zeros((n,), jnp.int32), data=jnp.broadcast_to(row, (n, 7)))
 
     def update(self, commit, numeric, value, confidence, alpha, one_minus_alpha) -> Stats:
         """Commit a record where ``commit``; ``numeric`` marks commits that carry a value
         (the others are the original's ``None`` conclusions: count only)."""
         upd = commit & numeric
-        first = self.count == 0
+        first = ~self.has_value
         x = jnp.where(upd, value, 0)
-        ewma = jnp.where(first, x, alpha * x + one_minus_alpha * jnp.where(first, 0, self.ewma))
+        # products are kept apart from the sums that consume them (``unfused``), so
+        # they round exactly like the original's Python arithmetic
+        prev = jnp.where(first, 0, self.ewma)
+        ewma = jnp.where(first, x, unfused(alpha * x) + unfused(one_minus_alpha * prev))
+        fields = [
+            self.sum + x,
+            self.sumsq + unfused(x * x),
+            jnp.minimum(self.min, x),
+            jnp.maximum(self.max, x),
+            x,
+            ewma,
+            self.confidence_sum + jnp.asarray(confidence, self.data.dtype),
+        ]
+        new = jnp.stack([jnp.asarray(f, self.data.dtype) for f in fields], axis=-1)
         return Stats(
             count=self.count + commit.astype(self.count.dtype),
-            sum=jnp.where(upd, self.sum + x, self.sum),
-            sumsq=jnp.where(upd, self.sumsq + x**2, self.sumsq),
-            min=jnp.where(upd, jnp.minimum(self.min, x), self.min),
-            max=jnp.where(upd, jnp.maximum(self.max, x), self.max),
-            last=jnp.where(upd, x, self.last),
-            ewma=jnp.where(upd, ewma, self.ewma),
-            confidence_sum=jnp.where(upd, self.confidence_sum + confidence, self.confidence_sum),
+            data=jnp.where(upd[..., None], new, self.data),
         )
 
     def __getitem__(self, i) -> Stats:
-        return Stats(*(getattr(self, f)[..., i] for f in _FIELDS))
+        return Stats(count=self.count[..., i], data=self.data[..., i, :])
+
+    @property
+    def has_value(self) -> Array:
+        """Whether a value was ever committed (``None`` conclusions carry none)."""
+        return ~(self.min > self.max)  # min > max only while empty (inf > -inf)
 
     @property
     def mean(self) -> Array:
-        c = self.count.astype(self.sum.dtype)
-        return jnp.where(self.count > 0, self.sum / jnp.where(self.count > 0, c, 1), jnp.nan)
+        ok = (self.count > 0) & self.has_value
+        c = jnp.where(ok, self.count, 1).astype(self.sum.dtype)
+        return jnp.where(ok, self.sum / c, jnp.nan)
 
     @property
     def variance(self) -> Array:
         c = jnp.where(self.count > 0, self.count, 1).astype(self.sum.dtype)
         mean = self.sum / c
-        var = jnp.maximum(self.sumsq / c - mean**2, 0.0)
-        return jnp.where(self.count >= 2, var, jnp.nan)
+        var = jnp.maximum(self.sumsq / c + unfused(-(mean * mean)), 0.0)  # mean² rounded alone
+        return jnp.where((self.count >= 2) & self.has_value, var, jnp.nan)
 
     @property
     def std(self) -> Array:
         var = self.variance
-        ok = self.count >= 2
+        ok = (self.count >= 2) & self.has_value
         return jnp.where(ok, jnp.sqrt(jnp.where(ok, var, 1.0)), jnp.nan)
 
     @property
@@ -99,5 +110,3 @@ class Stats(eqx.Module):
         """The last committed value."""
         return self.last
 
-
-_FIELDS = ("count", "sum", "sumsq", "min", "max", "last", "ewma", "confidence_sum")

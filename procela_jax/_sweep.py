@@ -62,7 +62,7 @@ class SweepInputs:
     >>> res = pj.sweep(pj.demos.sir.make_executive(), 5, seeds=[3, 4],
     ...                params={"sir.beta": [0.2, 0.4]}, save=None)
     >>> res.inputs.row(1)
-    {'seed': 4, 'init': {}, 'params': {'sir.beta': 0.4}}
+    {'seed': 4, 'init': {}, 'params': {'sir.beta': 0.4...}}
     """
 
     seeds: np.ndarray | None
@@ -603,7 +603,8 @@ def _available_host_bytes() -> int:
 
 def _device_budget(mesh) -> int:
     """Bytes one device may give a chunk: half its free memory, or a quarter of the
-    host's free memory shared by the local devices when it reports none (CPU)."""
+    host's free memory (at most 1 GiB) shared by the local devices when it reports
+    none (CPU)."""
     dev = mesh.devices.flat[0]
     try:
         ms = dev.memory_stats() or {}
@@ -611,7 +612,8 @@ def _device_budget(mesh) -> int:
         ms = {}
     if "bytes_limit" in ms:
         return max(1 << 20, (ms["bytes_limit"] - ms.get("bytes_in_use", 0)) // 2)
-    return max(1 << 20, _available_host_bytes() // 4 // max(1, jax.local_device_count()))
+    share = min(_available_host_bytes() // 4, 1 << 30)  # bounded, so peaks do not track free memory
+    return max(1 << 20, share // max(1, jax.local_device_count()))
 
 
 _SIZES: dict = {}

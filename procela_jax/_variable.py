@@ -6,6 +6,7 @@ import dataclasses
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from ._domain import CategoricalDomain, Domain, RealDomain
@@ -15,7 +16,7 @@ from ._policy import Policy, WeightedVotingPolicy, as_policy
 OUT_OF_DOMAIN = ("commit", "clip", "hold")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True)
 class Variable:
     """A variable: a named authority over one scalar quantity.
 
@@ -40,6 +41,12 @@ class Variable:
             ``"clip"`` projects it into the domain, ``"hold"`` keeps the previous
             value. Each event is counted in the state whatever the choice.
         ewma_alpha: smoothing factor of the running EWMA (original default 0.3).
+        validators: pure functions ``f(value, confidence) -> bool`` of one
+            hypothesis; a hypothesis any of them rejects takes no part in the
+            resolution (nor in the pending mask a RUNTIME invariant sees). When
+            all are rejected the step commits no value, as without hypotheses.
+            Unlike the original, whose policy still receives the rejected
+            hypotheses (validators there only matter when they reject all).
         units, description: documentation only.
 
     >>> import procela_jax as pj
@@ -57,6 +64,7 @@ class Variable:
     memory: int = dataclasses.field(default=16, kw_only=True)
     out_of_domain: str = dataclasses.field(default="commit", kw_only=True)
     ewma_alpha: float = dataclasses.field(default=0.3, kw_only=True)
+    validators: tuple = dataclasses.field(default=(), kw_only=True)
     units: str = dataclasses.field(default="", kw_only=True)
     description: str = dataclasses.field(default="", kw_only=True)
 
@@ -78,6 +86,10 @@ class Variable:
         kinds = [type(p).__name__ if not hasattr(p, "label") else p.name for p in self.policies]
         if len(set(kinds)) != len(kinds):
             raise ModelError(f"{where}: candidate policies must differ in type, got {kinds}")
+        validators = (self.validators,) if callable(self.validators) else tuple(self.validators)
+        for k, f in enumerate(validators):
+            _check_validator(where, k, f)
+        object.__setattr__(self, "validators", validators)
         if self.out_of_domain not in OUT_OF_DOMAIN:
             raise ModelError(
                 f"{where}: out_of_domain={self.out_of_domain!r}; choose one of {OUT_OF_DOMAIN}"
@@ -120,8 +132,32 @@ class Variable:
     def __repr__(self):
         return f"Variable({self.name!r}, {self.domain!r}, policy={self.policy.name})"
 
-    def __hash__(self):
-        return hash((self.name, id(self)))
 
-    def __eq__(self, other):
-        return self is other
+def _check_validator(where: str, k: int, f) -> None:
+    """Trace a validator once on abstract scalars; name it in any error."""
+    label = f"{where}: validator {k} ({getattr(f, '__name__', repr(f))})"
+    if not callable(f):
+        raise ModelError(f"{label} is not callable; give f(value, confidence) -> bool")
+    x = jax.ShapeDtypeStruct((), jnp.float32)
+    try:
+        out = jax.eval_shape(f, x, x)
+    except Exception as e:  # noqa: BLE001 - re-raised with the variable's name
+        raise ModelError(f"{label} failed on a trial call f(value, confidence): {type(e).__name__}: {e}") from e
+    if not hasattr(out, "shape") or out.shape != ():
+        raise ModelError(f"{label} must return one boolean per hypothesis, got {out!r}")
+
+
+def apply_validators(variables, values, confidences, mask):
+    """``mask`` with the hypotheses rejected by each variable's validators masked out.
+
+    Arrays have shape ``(n_variables, n_slots)``; each validator is mapped over
+    the slots of its variable.
+    """
+    for i, v in enumerate(variables):
+        if not v.validators:
+            continue
+        ok = mask[i]
+        for f in v.validators:
+            ok = ok & jnp.asarray(jax.vmap(f)(values[i], confidences[i])).astype(bool)
+        mask = mask.at[i].set(ok)
+    return mask

@@ -14,10 +14,11 @@ class View:
 
     ``view["X"]`` is the value last committed to ``X``; ``view.step`` the global
     step; ``view.stats("X")``, ``view.confidence("X")``, ``view.recent("X")``,
-    ``view.is_enabled("m")``, ``view.policy_index("X")``, ``view.aux``;
+    ``view.is_enabled("m")``, ``view.policy_index("X")``, ``view.violations("inv")``,
+    ``view.aux``;
     ``view.pending("X")`` (RUNTIME only) gives the slot arrays
     ``values, confidences, weights, mask, sources`` of the hypotheses awaiting
-    resolution, in mechanism order.
+    resolution, in mechanism order (``view.hypotheses(name)`` is the same).
 
     >>> import jax, procela_jax as pj
     >>> ex = pj.Executive(variables=[pj.Variable("X", init=3.0)], mechanisms=[])
@@ -89,6 +90,14 @@ class View:
             )
         i = self.state.layout.var(self._check(name))
         return {k: v[i] for k, v in self._pending.items()}
+
+    def hypotheses(self, name):
+        """Alias of :meth:`pending`: the hypotheses awaiting resolution (RUNTIME)."""
+        return self.pending(name)
+
+    def violations(self, name):
+        """How many times an invariant has been violated so far."""
+        return self.state.violations(name)
 
     def __repr__(self):
         return f"View(step={self.state.step}, variables={list(self.state.layout.variables)})"

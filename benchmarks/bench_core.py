@@ -1,0 +1,375 @@
+"""Core engine speed: procela_jax vs hand-written JAX vs the original procela.
+
+Two models, each in three versions, timed in one process:
+
+* ``xyz``: the original's Executive docstring world (X, Y, Z; three add mechanisms,
+  a divide-by-2 mechanism, each hypothesis with a random confidence; a RUNTIME
+  safety invariant on the running means that brings in an emergency mechanism and
+  switches every policy to highest confidence; the emergency mechanism leaves
+  before step 80).
+* ``sir``: the SIR demo (deterministic and seasonal-noisy theories of S, I, R,
+  weighted voting, values clipped to [0, N]).
+
+Contenders:
+
+* ``procela_jax``: ``ex.run(state, steps)`` (a jitted ``lax.scan``; values and
+  confidences of every variable kept at every step).
+* ``plain JAX``: the same model hand-written as one ``lax.scan`` over a
+  hand-coded step, no framework; it draws one key per mechanism per step with
+  ``fold_in`` as the framework does, keeps the same trajectory, and tracks only
+  the running means the invariant needs. Its values are checked against
+  procela_jax's (bit for bit on the X, Y, Z world; to float32 rounding on SIR,
+  where XLA fuses the mechanisms' multiply-adds differently in the two programs).
+* ``procela``: the original library, randomness from Python's ``random``.
+
+Rounds interleave the contenders (A, B, C, A, B, C, ...) so machine drift hits all
+alike; the medians are reported. Compile time is the first ``run`` call (trace +
+compile + one run) minus a steady-state run; the build time (validation and
+trial trace) is reported apart. Wall-clock and CPU-time rates are both printed:
+on a shared, busy machine the CPU time of this process is the steadier measure.
+
+    python benchmarks/bench_core.py [--steps 10000] [--original-steps 1000] [--rounds 7]
+
+Targets: procela_jax at least 0.7x plain JAX and at least 50x the original;
+compile under 3 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import statistics
+import time
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import procela_jax as pj
+
+
+def fold_id(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+
+
+def quiet_logger():
+    log = logging.getLogger("procela-bench")
+    log.addHandler(logging.NullHandler())
+    log.propagate = False
+    return log
+
+
+def timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def timed_both(fn):
+    """(wall seconds, CPU seconds of this process): on a shared, busy machine the CPU
+    time is the steadier of the two."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+# ================================================================================
+# X, Y, Z: the docstring world
+# ================================================================================
+THRESHOLD = 700000.0
+XYZ_INIT = (1.8, -0.5, 9.2)
+
+
+class Add(pj.Mechanism):
+    def transform(self, values, key):
+        a, b = values[self.reads[0]], values[self.reads[1]]
+        return {self.writes[0]: pj.VariableRecord(a + b, confidence=jax.random.uniform(key, dtype=a.dtype))}
+
+
+class Divide(pj.Mechanism):
+    def transform(self, values, key):
+        conf = jax.random.uniform(key, (len(self.writes),), dtype=values[self.writes[0]].dtype)
+        return {w: pj.VariableRecord(values[w] * 0.5, confidence=conf[j]) for j, w in enumerate(self.writes)}
+
+
+class Emergency(pj.Mechanism):
+    def transform(self, values, key):
+        return {w: pj.VariableRecord(values[w] * 0.3, confidence=1.0) for w in self.writes}
+
+
+def _safe(view):
+    return ~((view.stats("X").mean > THRESHOLD) | (view.stats("Y").mean > THRESHOLD)
+             | (view.stats("Z").mean > THRESHOLD))
+
+
+def _bring_in(state, view):
+    first = ~state.aux
+    state = state.enable("emergency", when=first)
+    for n in "XYZ":
+        state = state.set_policy(n, pj.HighestConfidencePolicy, when=first)
+    return state.with_aux(jnp.asarray(True))
+
+
+def _pre(state, step):
+    return state.disable("emergency", when=step == 80)
+
+
+def xyz_procela_jax():
+    V = [pj.Variable(n, pj.RangeDomain(-100.0, 100.0), init=x, alternatives=(pj.HighestConfidencePolicy(),))
+         for n, x in zip("XYZ", XYZ_INIT)]
+    X, Y, Z = V
+    mechanisms = [
+        Add(reads=[X, Y], writes=[Z], name="add_z"),
+        Add(reads=[X, Z], writes=[Y], name="add_y"),
+        Add(reads=[Y, Z], writes=[X], name="add_x"),
+        Divide(writes=[X, Y, Z], name="divide"),
+        Emergency(writes=[X, Y, Z], name="emergency"),
+    ]
+    inv = pj.SystemInvariant("safety", _safe, _bring_in, severity=pj.InvariantSeverity.WARNING)
+    return pj.Executive(variables=V, mechanisms=mechanisms, invariants=[inv], pre_step=_pre, aux=jnp.asarray(False))
+
+
+def xyz_plain(steps: int):
+    """The docstring world by hand: returns a jitted ``run(key) -> (values, confs)``."""
+    ids = {n: fold_id(n) for n in ("add_z", "add_y", "add_x", "divide")}
+
+    def step(carry, t):
+        key, v, c_prev, sums, count, added, em_on, highest = carry
+        em_on = em_on & (t != 80)  # pre-step hook
+        k = jax.random.fold_in(key, t)
+        u = lambda name, shape=(): jax.random.uniform(jax.random.fold_in(k, ids[name]), shape, v.dtype)
+        x, y, z = v[0], v[1], v[2]
+        cd = u("divide", (3,))
+        # slots per variable: [add, divide, emergency]
+        vals = jnp.stack([jnp.stack([y + z, x * 0.5, x * 0.3]),
+                          jnp.stack([x + z, y * 0.5, y * 0.3]),
+                          jnp.stack([x + y, z * 0.5, z * 0.3])])
+        confs = jnp.stack([jnp.stack([u("add_x"), cd[0], 1.0]),
+                           jnp.stack([u("add_y"), cd[1], 1.0]),
+                           jnp.stack([u("add_z"), cd[2], 1.0])])
+        # proposals made before the invariant runs; an overflowing (inf) one is left out
+        mask = jnp.stack([jnp.ones(3, bool), jnp.ones(3, bool), jnp.broadcast_to(em_on, (3,))], axis=1)
+        mask = mask & jnp.isfinite(vals)
+        # RUNTIME invariant on the running means
+        violated = jnp.any(sums / count > THRESHOLD)
+        first = violated & ~added
+        em_on, highest, added = em_on | first, highest | first, added | violated
+        # resolution: weighted voting (unit weights) or highest confidence
+        m = mask.astype(v.dtype)
+        n = m[:, 0] + m[:, 1] + m[:, 2]
+        mv, mc = jnp.where(mask, vals, 0.0), jnp.where(mask, confs, 0.0)
+        wv = (mv[:, 0] + mv[:, 1] + mv[:, 2]) / n
+        wc = (mc[:, 0] + mc[:, 1] + mc[:, 2]) / n
+        win = jnp.argmax(jnp.where(mask, confs, -1.0), axis=1)
+        hv = jnp.take_along_axis(vals, win[:, None], 1)[:, 0]
+        hc = jnp.take_along_axis(confs, win[:, None], 1)[:, 0]
+        any_valid = n > 0  # otherwise the value is held
+        c = jnp.where(any_valid, jnp.where(highest, hc, wc), c_prev)
+        v = jnp.where(any_valid, jnp.where(highest, hv, wv), v)
+        return (key, v, c, sums + jnp.where(any_valid, v, 0.0), count + 1, added, em_on, highest), (v, c)
+
+    @jax.jit
+    def run(key):
+        v0 = jnp.asarray(XYZ_INIT, jnp.float32)
+        carry = (key, v0, jnp.ones(3, jnp.float32), v0, jnp.asarray(1.0, jnp.float32), jnp.asarray(False),
+                 jnp.asarray(False), jnp.asarray(False))
+        return jax.lax.scan(step, carry, jnp.arange(steps, dtype=jnp.int32))[1]
+
+    return run
+
+
+def xyz_original(steps: int, seed: int):
+    """Build the docstring world in the original; returns ``run() -> None``."""
+    import procela as P
+
+    rng = random.Random(seed)
+    V = {n: P.Variable(n, P.RangeDomain(-100.0, 100.0), policy=P.WeightedVotingPolicy()) for n in "XYZ"}
+    for n, x in zip("XYZ", XYZ_INIT):
+        V[n].init(P.VariableRecord(x, confidence=1.0))
+    X, Y, Z = V["X"], V["Y"], V["Z"]
+
+    class OAdd(P.Mechanism):
+        def transform(self):
+            a, b = [var.value for var in self.reads()]
+            self.writes()[0].add_hypothesis(P.VariableRecord(a + b, confidence=rng.uniform(0.0, 1.0)))
+
+    class ODivide(P.Mechanism):
+        def transform(self):
+            for var in self.writes():
+                var.add_hypothesis(P.VariableRecord(var.value * 0.5, confidence=rng.uniform(0.0, 1.0)))
+
+    class OEmergency(P.Mechanism):
+        def transform(self):
+            for var in self.writes():
+                var.add_hypothesis(P.VariableRecord(var.value * 0.3, confidence=1.0))
+
+    ex = P.Executive(mechanisms=[OAdd([X, Y], [Z]), OAdd([X, Z], [Y]), OAdd([Y, Z], [X]), ODivide([], [X, Y, Z])],
+                     rng=rng, logger=quiet_logger())
+    emergency = OEmergency([], [X, Y, Z])
+    added = []
+
+    def handle(violation, snapshot):
+        if not added:
+            ex.add_mechanism(emergency)
+            for var in (X, Y, Z):
+                var.policy = P.HighestConfidencePolicy()
+            added.append(True)
+
+    ex.add_invariant(P.SystemInvariant(
+        "safety", condition=lambda snap: not any(view.stats.mean > THRESHOLD for view in snap.views),
+        on_violation=handle, phase=P.InvariantPhase.RUNTIME, severity=P.InvariantSeverity.WARNING, message=""))
+
+    def pre_step(executive, i):
+        if i == 80 and emergency in executive.mechanisms():
+            executive.remove_mechanism(emergency)
+
+    return lambda: ex.run(steps=steps, pre_step=pre_step)
+
+
+# ================================================================================
+# SIR
+# ================================================================================
+N = pj.demos.sir.POPULATION
+BETA, GAMMA, AMPLITUDE, NOISE, INFECTED = 0.3, 0.1, 0.25, 0.1, 10.0
+
+
+def sir_plain(steps: int):
+    """The SIR demo by hand: returns a jitted ``run(key) -> (values, confs)``."""
+    id_sir, id_seasonal = fold_id("sir"), fold_id("seasonal")
+
+    def step(carry, t):
+        key, v = carry
+        s, i, r = v[0], v[1], v[2]
+        k = jax.random.fold_in(key, t)
+        _ = jax.random.fold_in(k, id_sir)  # the deterministic theory's key (unused, as in the demo)
+        k_noise, k_conf = jax.random.split(jax.random.fold_in(k, id_seasonal))
+        # deterministic theory
+        inf1, rec1 = BETA * s * i / N, GAMMA * i
+        p1 = jnp.stack([s - inf1, i + inf1 - rec1, r + rec1])
+        # seasonal, noisy theory
+        season = 1.0 + AMPLITUDE * jnp.cos(2 * jnp.pi * t / 365.0)
+        shock = jnp.exp(NOISE * jax.random.normal(k_noise, dtype=s.dtype))
+        inf2 = jnp.minimum(BETA * season * shock * s * i / N, s)
+        p2 = jnp.stack([s - inf2, i + inf2 - GAMMA * i, r + GAMMA * i])
+        c2 = jax.random.uniform(k_conf, dtype=s.dtype, minval=0.4, maxval=0.7)
+        # weighted voting (unit weights), then clip into [0, N]
+        value = jnp.clip((p1 + p2) / 2.0, 0.0, N)
+        conf = jnp.broadcast_to((0.8 + c2) / 2.0, (3,))
+        return (key, value), (value, conf)
+
+    @jax.jit
+    def run(key):
+        v0 = jnp.asarray([N - INFECTED, INFECTED, 0.0], jnp.float32)
+        return jax.lax.scan(step, (key, v0), jnp.arange(steps, dtype=jnp.int32))[1]
+
+    return run
+
+
+def sir_original(steps: int, seed: int):
+    import procela as P
+
+    rng = random.Random(seed)
+    V = {n: P.Variable(n, P.RangeDomain(0.0, N), policy=P.WeightedVotingPolicy()) for n in "SIR"}
+    for n, x in zip("SIR", (N - INFECTED, INFECTED, 0.0)):
+        V[n].init(P.VariableRecord(x, confidence=1.0))
+    clock = {}
+
+    class Deterministic(P.Mechanism):
+        def transform(self):
+            s, i, r = (V[n].value for n in "SIR")
+            inf, rec = BETA * s * i / N, GAMMA * i
+            for n, x in zip("SIR", (s - inf, i + inf - rec, r + rec)):
+                V[n].add_hypothesis(P.VariableRecord(x, confidence=0.8))
+
+    class Seasonal(P.Mechanism):
+        def transform(self):
+            t = clock["ex"].step_index()
+            s, i, r = (V[n].value for n in "SIR")
+            season = 1.0 + AMPLITUDE * math.cos(2 * math.pi * t / 365.0)
+            inf = min(BETA * season * math.exp(NOISE * rng.gauss(0.0, 1.0)) * s * i / N, s)
+            rec = GAMMA * i
+            conf = rng.uniform(0.4, 0.7)
+            for n, x in zip("SIR", (s - inf, i + inf - rec, r + rec)):
+                V[n].add_hypothesis(P.VariableRecord(x, confidence=conf))
+
+    vs = list(V.values())
+    ex = P.Executive(mechanisms=[Deterministic(vs, vs), Seasonal(vs, vs)], rng=rng, logger=quiet_logger())
+    clock["ex"] = ex
+    return lambda: ex.run(steps=steps)
+
+
+# ================================================================================
+def bench_model(name, build_ex, build_plain, build_original, steps, original_steps, rounds, prepare=None):
+    key = jax.random.key(0)
+    build_s, ex = timed(build_ex)
+    state = ex.init(key)
+    if prepare is not None:
+        state = prepare(state)
+    run_ex = lambda: jax.block_until_ready(ex.run(state, steps))
+    first_s, (_, traj) = timed(run_ex)
+    plain = build_plain(steps)
+    run_plain = lambda: jax.block_until_ready(plain(key))
+    plain_first_s, (pv, pc) = timed(run_plain)
+    # the hand-written model is the same model: same numbers
+    ours = np.stack([np.asarray(traj.value(n)) for n in ex.layout.variables], axis=1)
+    agree = np.array_equal(ours, np.asarray(pv), equal_nan=True)
+    scale = float(np.nanmax(np.abs(ours[np.isfinite(ours)]))) if np.isfinite(ours).any() else 1.0
+    max_diff = 0.0 if agree else float(np.nanmax(np.abs(ours - np.asarray(pv))))
+    close = max_diff <= 1e-6 * scale  # a few float32 ulps of the largest value
+
+    wall = {"procela_jax": [], "plain JAX": [], "procela": []}
+    cpu = {k: [] for k in wall}
+
+    def record(k, fn):
+        w, c = timed_both(fn)
+        wall[k].append(w)
+        cpu[k].append(c)
+
+    for r in range(rounds):
+        record("procela_jax", run_ex)
+        record("plain JAX", run_plain)
+        run_orig = build_original(original_steps, seed=r)  # a fresh world each round (not timed)
+        record("procela", run_orig)
+    n_steps = {k: (original_steps if k == "procela" else steps) for k in wall}
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    rate = {k: n_steps[k] / med[k] for k in med}
+    cpu_rate = {k: n_steps[k] / statistics.median(v) for k, v in cpu.items()}
+    compile_s = first_s - med["procela_jax"]
+    print(f"\n== {name}: {steps} steps (original: {original_steps}), {rounds} interleaved rounds, medians")
+    print(f"  {'':12s} {'wall steps/s':>14s} {'CPU steps/s':>14s}")
+    for k in ("procela_jax", "plain JAX", "procela"):
+        print(f"  {k:12s} {rate[k]:>14,.0f} {cpu_rate[k]:>14,.0f}")
+    ratio = lambda r, a, b: r[a] / r[b]
+    print(f"  procela_jax / plain JAX : {ratio(rate, 'procela_jax', 'plain JAX'):6.2f}x wall, "
+          f"{ratio(cpu_rate, 'procela_jax', 'plain JAX'):6.2f}x CPU   (target >= 0.7x)")
+    print(f"  procela_jax / procela   : {ratio(rate, 'procela_jax', 'procela'):6.0f}x wall, "
+          f"{ratio(cpu_rate, 'procela_jax', 'procela'):6.0f}x CPU   (target >= 50x)")
+    print(f"  build (validation + trial trace) {build_s:.2f} s; first run: trace + compile {compile_s:.2f} s "
+          f"(target < 3 s); plain JAX compile {plain_first_s - med['plain JAX']:.2f} s")
+    print(f"  plain JAX values equal procela_jax's: "
+          + ("bit for bit" if agree else f"{'to float32 rounding' if close else 'NO'}: max |diff| {max_diff:.3g}"
+                                          f" (largest value {scale:.4g})"))
+    return dict(rate=rate, cpu_rate=cpu_rate, compile_s=compile_s, build_s=build_s, agree=agree, close=close)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10000, help="steps per run for the JAX contenders")
+    parser.add_argument("--original-steps", type=int, default=1000, help="steps per run for the original")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args(argv)
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; procela_jax from {pj.__file__}")
+    out = {}
+    out["xyz"] = bench_model("X, Y, Z docstring world", xyz_procela_jax, xyz_plain, xyz_original,
+                             args.steps, args.original_steps, args.rounds,
+                             prepare=lambda s: s.disable("emergency"))  # brought in by the invariant
+    out["sir"] = bench_model("SIR demo", pj.demos.sir.make_executive, sir_plain, sir_original,
+                             args.steps, args.original_steps, args.rounds)
+    return out
+
+
+if __name__ == "__main__":
+    main()

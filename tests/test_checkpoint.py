@@ -1,0 +1,131 @@
+"""Checkpoints on disk: round trips, guards against the wrong model and corrupt
+files, no silent overwrite, atomic writes."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import procela_jax as pj
+
+
+def assert_same_state(a, b):
+    la, ta = jax.tree.flatten(pj._checkpoint._with_key_data(a))
+    lb, tb = jax.tree.flatten(pj._checkpoint._with_key_data(b))
+    assert ta == tb
+    for x, y in zip(la, lb):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_round_trip_continues_bit_identically(sir, tmp_path):
+    state, _ = sir.run(sir.init(jax.random.key(3)), 8)
+    path = pj.save_checkpoint(tmp_path / "sir.ckpt", state)
+    loaded = pj.load_checkpoint(path, sir)
+    assert_same_state(state, loaded)
+    assert jax.random.key_impl(loaded.key) == jax.random.key_impl(state.key)
+    a, ta = sir.run(state, 4)
+    b, tb = sir.run(loaded, 4)
+    assert_same_state(a, b)
+    np.testing.assert_array_equal(np.asarray(ta.data["value"]), np.asarray(tb.data["value"]))
+
+
+def test_round_trip_of_a_vmapped_batch(sir, tmp_path):
+    keys = jax.random.split(jax.random.key(0), 4)
+    batch = jax.vmap(lambda k: sir.run(sir.init(k), 4, save=None)[0])(keys)
+    path = pj.save_checkpoint(tmp_path / "batch.ckpt", batch)
+    loaded = pj.load_checkpoint(path, sir)
+    assert loaded.values.shape == (4, 3)
+    assert_same_state(batch, loaded)
+
+
+def test_loading_into_another_model_fails(sir, tmp_path):
+    path = pj.save_checkpoint(tmp_path / "sir.ckpt", sir.init(jax.random.key(0)))
+    other = pj.Executive(variables=[pj.Variable("S"), pj.Variable("I"), pj.Variable("Q")], mechanisms=[])
+    with pytest.raises(pj.CheckpointError, match="different model.*'S', 'I', 'R'.*'S', 'I', 'Q'"):
+        pj.load_checkpoint(path, other)
+    # same variables, one mechanism fewer: still another structure
+    fewer = sir.remove_mechanism("seasonal")
+    with pytest.raises(pj.CheckpointError, match="different model"):
+        pj.load_checkpoint(path, fewer)
+    assert issubclass(pj.CheckpointError, ValueError)
+
+
+@pytest.fixture
+def saved(sir, tmp_path):
+    path = tmp_path / "sir.ckpt"
+    pj.save_checkpoint(path, sir.run(sir.init(jax.random.key(1)), 4)[0])
+    return path, path.read_bytes()
+
+
+def test_truncated_file(sir, saved):
+    path, raw = saved
+    path.write_bytes(raw[:-7])
+    with pytest.raises(pj.CheckpointError, match="truncated"):
+        pj.load_checkpoint(path, sir)
+    path.write_bytes(raw[:30])  # cut inside the header
+    with pytest.raises(pj.CheckpointError, match="header is corrupt"):
+        pj.load_checkpoint(path, sir)
+
+
+@pytest.mark.parametrize("where", [0.0, 0.5, 1.0])
+def test_flipped_byte_in_the_payload(sir, saved, where):
+    path, raw = saved
+    start = raw.index(b"\n", len(pj._checkpoint.MAGIC)) + 1  # the payload follows the header line
+    i = start + int(where * (len(raw) - 1 - start))
+    data = bytearray(raw)
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(pj.CheckpointError, match="corrupt"):
+        pj.load_checkpoint(path, sir)
+
+
+def test_flipped_byte_in_the_header(sir, saved):
+    path, raw = saved
+    header_end = raw.index(b"\n", len(pj._checkpoint.MAGIC))
+    text = raw[:header_end].decode()
+    i = text.index('"fingerprint": "') + len('"fingerprint": "')
+    flipped = text[:i] + ("0" if text[i] != "0" else "1") + text[i + 1:]
+    path.write_bytes(flipped.encode() + raw[header_end:])
+    with pytest.raises(pj.CheckpointError, match="different model"):
+        pj.load_checkpoint(path, sir)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world\n", b"PROCELA_JAX_CHECKPOINT\n{not json\n..."])
+def test_not_a_checkpoint(sir, tmp_path, content):
+    path = tmp_path / "junk.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(pj.CheckpointError):
+        pj.load_checkpoint(path, sir)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        pj.load_checkpoint(tmp_path / "missing.ckpt", sir)
+
+
+def test_no_silent_overwrite(sir, tmp_path):
+    path = tmp_path / "sir.ckpt"
+    first = sir.init(jax.random.key(0))
+    second = sir.run(first, 4)[0]
+    pj.save_checkpoint(path, first)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        pj.save_checkpoint(path, second)
+    assert path.read_bytes() == before
+    pj.save_checkpoint(path, second, overwrite=True)
+    assert int(pj.load_checkpoint(path, sir).step) == 4
+    assert os.listdir(tmp_path) == ["sir.ckpt"]  # no temporary file left behind
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(sir, tmp_path, monkeypatch):
+    path = tmp_path / "sir.ckpt"
+    pj.save_checkpoint(path, sir.init(jax.random.key(0)))
+    before = path.read_bytes()
+
+    def fail(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        pj.save_checkpoint(path, sir.run(sir.init(jax.random.key(0)), 4)[0], overwrite=True)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["sir.ckpt"]

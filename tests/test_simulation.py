@@ -1,0 +1,109 @@
+"""The Simulation shell: the same numbers as the pure core, history, checkpoints,
+reset, and errors raised with names."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import procela_jax as pj
+
+
+def test_seed_means_jax_random_key(sir):
+    sim = pj.Simulation(sir, seed=7)
+    sim.run(steps=8)
+    state, traj = sir.run(sir.init(jax.random.key(7)), 8)
+    for name in ("S", "I", "R"):
+        assert sim.value(name) == float(state.value(name))
+        assert sim.confidence(name) == float(state.confidence(name))
+        hist = sim.history(name)
+        assert hist.shape == (9,)
+        assert hist[0] == float(sir.init(jax.random.key(7)).value(name))  # the initial record first
+        np.testing.assert_array_equal(hist[1:], np.asarray(traj.value(name)))
+        np.testing.assert_array_equal(sim.confidence_history(name)[1:], np.asarray(traj.confidence(name)))
+    assert sim.step == 8 and float(sim.stats("I").mean) == float(state.stats("I").mean)
+
+
+def test_runs_continue_and_chunks_do_not_matter(sir):
+    whole = pj.Simulation(sir, seed=1)
+    whole.run(steps=8)
+    parts = pj.Simulation(sir, seed=1, chunk=4)  # 4 + 4
+    parts.run(steps=8)
+    np.testing.assert_array_equal(whole.history("I"), parts.history("I"))
+    whole.run(steps=8)
+    for _ in range(2):
+        parts.run(steps=4)
+    np.testing.assert_array_equal(whole.history("I"), parts.history("I"))
+    assert whole.step == parts.step == 16
+
+
+def test_checkpoint_restore_and_reset(sir):
+    sim = pj.Simulation(sir, seed=2)
+    sim.run(steps=4)
+    cp = sim.create_checkpoint()
+    sim.run(steps=4)
+    after = sim.history("S").copy()
+    sim.restore_checkpoint(cp)
+    assert sim.step == 4 and sim.history("S").shape == (5,)
+    np.testing.assert_array_equal(sim.history("S"), after[:5])
+    sim.run(steps=4)
+    np.testing.assert_array_equal(sim.history("S"), after)  # replays bit-identically
+    sim.reset()
+    fresh = pj.Simulation(sir, seed=2)
+    assert sim.step == 0 and sim.history("S").shape == (1,)
+    sim.run(steps=4)
+    fresh.run(steps=4)
+    np.testing.assert_array_equal(sim.history("I"), fresh.history("I"))
+    with pytest.raises(TypeError, match="create_checkpoint"):
+        sim.restore_checkpoint(sim.state)
+
+
+def test_a_checkpoint_of_another_model_is_refused(sir):
+    other = pj.Executive(variables=[pj.Variable("X")], mechanisms=[])
+    cp = pj.Simulation(other).create_checkpoint()
+    with pytest.raises(ValueError, match="another model"):
+        pj.Simulation(sir).restore_checkpoint(cp)
+
+
+class Spiky(pj.Mechanism):
+    """Proposes 1.0, or NaN at step ``bad_step``."""
+
+    bad_step: int
+
+    def transform(self, values, key):
+        v = jnp.where(values.step == self.bad_step, jnp.nan, 1.0)
+        return {"X": pj.VariableRecord(v, confidence=0.5)}
+
+
+class Fine(pj.Mechanism):
+    def transform(self, values, key):
+        return {"X": pj.VariableRecord(2.0, confidence=0.5)}
+
+
+def test_invalid_proposals_raise_with_the_mechanism_and_first_step():
+    X = pj.Variable("X", init=0.0)
+    ex = pj.Executive(variables=[X], mechanisms=[Fine(writes=[X], name="fine"),
+                                                 Spiky(bad_step=3, writes=[X], name="spiky")])
+    sim = pj.Simulation(ex)
+    sim.run(steps=3)  # steps 0..2 are fine
+    with pytest.raises(pj.InvalidProposalError, match=r"'spiky'.*first at step 3") as err:
+        sim.run(steps=4)
+    assert err.value.mechanism == "spiky" and err.value.step == 3 and err.value.count == 1
+    # the run completed; the NaN was masked out, "fine" decided step 3 alone
+    assert sim.step == 7 and sim.history("X")[4] == 2.0 and sim.history("X")[5] == 1.5
+
+
+def test_out_of_domain_events_warn():
+    X = pj.Variable("X", pj.RangeDomain(0.0, 1.0), init=0.0)
+    sim = pj.Simulation(pj.Executive(variables=[X], mechanisms=[Fine(writes=[X], name="fine")]))
+    with pytest.warns(RuntimeWarning, match=r"outside the domain of \['X'\]"):
+        sim.run(steps=2)
+    assert sim.value("X") == 2.0  # "commit": kept, flagged
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="needs an Executive"):
+        pj.Simulation("model")
+    sim = pj.Simulation(pj.Executive(variables=[pj.Variable("X")], mechanisms=[]))
+    with pytest.raises(ValueError, match="non-negative int"):
+        sim.run(steps=-2)

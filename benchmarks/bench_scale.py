@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]  # this checkout's procela_jax, and _worlds
 
+import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -43,6 +44,12 @@ import _worlds as W  # noqa: E402
 import procela_jax as pj  # noqa: E402
 
 STEPS = 100  # steps per scenario in the throughput runs
+
+
+def to_host(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return np.asarray(jax.random.key_data(x))
+    return np.asarray(x)
 
 
 def best_of(fn, reps):
@@ -114,12 +121,43 @@ def throughput(batches, log):
                 tb = min(tb, best_of(run_bare, 1))
             r = dict(batch=b, sweep=b * STEPS / ts, hand=b * STEPS / th, bare=b * STEPS / tb,
                      procela=procela_rate, compile=first - ts)
+            if b == 10_000:  # the sweep's own cost: against vmap(ex.run) written directly
+                direct = direct_run(w)
+                run_direct = lambda: jax.tree.map(to_host, direct(w["ex"], keys, a))  # noqa: E731
+                run_direct()
+                td = float("inf")
+                for _ in range(reps):
+                    ts = min(ts, best_of(run_sweep, 1))
+                    td = min(td, best_of(run_direct, 1))
+                r.update(sweep=b * STEPS / ts, direct=b * STEPS / td)
             rows.append(r)
             log(f"  {b:>8,} {r['sweep']:>12,.0f} {r['hand']:>12,.0f} {r['bare']:>12,.0f} "
                 f"{r['sweep'] / r['hand']:>8.2f} {r['sweep'] / r['bare']:>8.2f} {r['sweep'] / procela_rate:>11,.0f}"
                 f" {r['compile']:>9.1f}")
+        r = next((r for r in rows if "direct" in r), None)
+        if r:
+            log(f"  sweep machinery at batch 10,000: {r['sweep'] / r['direct']:.2f}x a direct jit(vmap(ex.run)) "
+                f"({r['direct']:,.0f} scenario-steps/s)")
         out[name] = rows
     return out
+
+
+def direct_run(w):
+    """``jit(vmap(ex.run))`` written directly: the engine without the sweep around it."""
+    path, save = w["path"], pj.Save(fields=("value",))
+    owner, field = path.split(".")
+
+    @eqx.filter_jit
+    def run(ex, keys, args):
+        def one(k, a):
+            if field == "init":
+                return ex.run(ex.init(k, init={owner: a}), STEPS, save=save)
+            e = ex.replace({path: a})
+            return e.run(e.init(k), STEPS, save=save)
+
+        return jax.vmap(one)(keys, args)
+
+    return run
 
 
 # ---- 2. compile time against model size ---------------------------------------------------
@@ -243,13 +281,13 @@ def plot(results, path):
     ax.set_title("Compile time vs model size")
     ax.legend(fontsize=8)
     ax = axes[2]
-    for mode, marker in (("trajectories", "o-"), ("summaries", "s-")):
+    for mode, marker, color in (("trajectories", "o", "tab:blue"), ("summaries", "s", "tab:green")):
         pts = [r for r in results["memory"] if r["mode"] == mode and r["steps"] == 365]
         if pts:
-            ax.loglog([r["scenarios"] for r in pts], [r["peak"] / 2**20 for r in pts], marker,
-                      label=f"{mode}, 365 steps: peak")
-            ax.loglog([r["scenarios"] for r in pts], [r["formula"] / 2**20 for r in pts], marker[0] + ":",
-                      alpha=0.6, label=f"{mode}: result (formula)")
+            ax.loglog([r["scenarios"] for r in pts], [r["peak"] / 2**20 for r in pts], marker + "-", color=color,
+                      label=f"{mode}, 365 steps: peak of the process")
+            ax.loglog([r["scenarios"] for r in pts], [r["formula"] / 2**20 for r in pts], marker + ":", color=color,
+                      alpha=0.6, label=f"{mode}: result kept (formula)")
     ax.axhline(4096, color="k", lw=0.8, ls="--", label="4 GiB")
     ax.set_xlabel("scenarios")
     ax.set_ylabel("MiB")

@@ -329,16 +329,18 @@ def sweep(
     scenario's state (``ex.abstract_state()``), ``Q`` statistics, ``C`` rows per
     chunk and ``B`` saved steps per block:
 
-    - host, trajectories: ``n·K·(V·F·b + 4)`` (+ ``Save.fn`` output) ``+ n·Σ`` (final);
-    - host, summaries: ``K·Q·V·F·b + n·Σ`` (final; ``keep_final=False`` drops it);
+    - host, trajectories: ``n·K·(V·F·b + 4)`` (+ ``Save.fn`` output) ``+ n·Σ`` (final
+      states; ``keep_final=False`` drops them) ``+ 4·K`` (``res.steps``);
+    - host, summaries: ``K·Q·V·F·b + n·Σ + 4·K``;
     - device, trajectories: about ``2·C·(2Σ + B·(V·F·b + 4))`` (two blocks in flight);
     - device, summaries: ``n·Σ`` (every chunk's state stays resident)
       ``+ 2·n·B·V·F·b`` (one block of values, gathered); ``B`` is chosen so that
       ``n·B·V·F·b`` stays under 256 MiB.
 
-    A sweep of 100,000 SIR scenarios for 365 days keeping daily summaries of ``I``
-    needs ``365·9·4`` bytes of summaries, about 100 MB of final states and about
-    300 MB on the device (see ``tests/test_sweep.py``).
+    The SIR demo has ``Σ = 1,254`` bytes: 100,000 scenarios for 365 days keeping four
+    daily summaries of ``I`` hold ``365·4·4`` bytes of summaries and 125 MB of final
+    states; the whole process peaks at about 1 GiB (``benchmarks/bench_scale.py``;
+    ``tests/test_sweep.py`` checks it stays under 4 GiB).
 
     >>> import jax.numpy as jnp, procela_jax as pj
     >>> ex = pj.demos.sir.make_executive()
@@ -359,7 +361,12 @@ def sweep(
     save = _save_spec(ex, save, save_every, variables, fields)
     stats = _summary_spec(summaries, save)
     placement, sizes, n_blocks_hint = _placement(ex, spec, steps, save, stats, chunk_size, devices, progress)
-    plan = _block_plan(steps, save, block_steps, n_blocks_hint)
+    cap = None
+    if stats is not None:  # one block of every scenario's saved values stays under _VALUES_BUDGET
+        names = save.variables if save.variables is not None else ex.layout.variables
+        per_save = spec.n * len(names) * len(save.fields) * np.dtype(ex.dtype).itemsize
+        cap = max(1, _VALUES_BUDGET // max(1, per_save))
+    plan = _block_plan(steps, save, block_steps, n_blocks_hint, cap)
     runner = _Runner(ex, spec, steps, save, stats, placement, plan, keep_final, progress, sizes)
     return runner.run()
 
@@ -442,7 +449,8 @@ def _inputs(ex: Executive, seeds, keys, init, params) -> _Spec:
         lengths[f"params[{path!r}]"] = _length(v, f"params[{path!r}]")
         if owner in layout.var_index and field == "init":
             if owner in init_arr:
-                raise ModelError(f"sweep: the initial value of {owner!r} is given twice, in init= and as params['{path}']")
+                raise ModelError(f"sweep: the initial value of {owner!r} is given twice, in init= and as "
+                                 f"params['{path}']")
             init_arr[owner] = v
             continue
         old = getter(ex)
@@ -518,7 +526,8 @@ def _save_spec(ex, save, save_every, variables, fields) -> Save | None:
             raise ModelError(f"sweep: save must be a procela_jax.Save or None, got {save!r}")
         for name in save.variables or ():
             if name not in ex.layout.var_index:
-                raise ModelError(f"sweep: save names unknown variable {name!r}; the variables are {list(ex.layout.variables)}")
+                raise ModelError(f"sweep: save names unknown variable {name!r}; the variables are "
+                                 f"{list(ex.layout.variables)}")
         if save.audit and not ex.audit:
             raise ModelError("sweep: Save(audit=True) needs an executive built with audit=True")
     return save
@@ -674,7 +683,7 @@ class _BlockPlan:
         return sum(s // save.every for s, save in self.blocks if save is not None)
 
 
-def _block_plan(steps, save, block_steps, n_blocks_hint) -> _BlockPlan:
+def _block_plan(steps, save, block_steps, n_blocks_hint, cap=None) -> _BlockPlan:
     every = save.every if save is not None else 1
     if block_steps is not None:
         if (not isinstance(block_steps, (int, np.integer)) or isinstance(block_steps, bool)
@@ -685,7 +694,8 @@ def _block_plan(steps, save, block_steps, n_blocks_hint) -> _BlockPlan:
     if block_steps is not None:
         per = int(block_steps) // every
     else:
-        per = _nice_divisor(n_units, max(1, -(-n_units // n_blocks_hint)))
+        target = max(1, -(-n_units // n_blocks_hint))
+        per = _nice_divisor(n_units, target if cap is None else min(target, cap))
     full, rest = divmod(n_units, per)
     units = (per,) * full + ((rest,) if rest else ())
     blocks = tuple((u * every, save) for u in units)
@@ -826,8 +836,9 @@ class _Runner:
         lo, hi = c * C, min((c + 1) * C, n)
         idx = np.concatenate([np.arange(lo, hi), np.full(C - (hi - lo), lo, np.int64)])  # pads repeat a real row
         put = lambda a: self.pl.put_rows(np.ascontiguousarray(a[idx]))
-        return (put(self.spec.inputs.key_data), {k: put(v) for k, v in self.spec.init.items()},
-                {k: put(v) for k, v in self.spec.mech.items()}, {k: put(v) for k, v in self.spec.init_conf.items()}), hi - lo
+        arrays = (put(self.spec.inputs.key_data), {k: put(v) for k, v in self.spec.init.items()},
+                  {k: put(v) for k, v in self.spec.mech.items()}, {k: put(v) for k, v in self.spec.init_conf.items()})
+        return arrays, hi - lo
 
     def _writer(self, c, time_slice=None):
         """``put(buf, global_array)``: copy this process's real rows of chunk ``c`` into ``buf``."""
@@ -885,34 +896,36 @@ class _Runner:
         ex, pl = self.ex_rep, self.pl
         blocks = self._blocks()
         self.traj = None
-        pending = []
+        # host copies lag one dispatch behind, so the device computes while the host copies
+        pending: list[tuple[object, object]] = []  # (arrays it reads, copy)
 
         def drain(keep):
             while len(pending) > keep:
-                pending.pop(0)()
+                pending.pop(0)[1]()
 
-        for c in range(self.n_chunks):
-            (kd, iv, mp, ic), real = self._chunk_inputs(c)
-            state = _init_chunk(ex, kd, iv, mp, ic, self.impl, pl.rows)
-            t0 = 0
-            for steps_b, save_b in blocks:
-                state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows)
-                if save_b is not None:
-                    k = steps_b // save_b.every
-                    pending.append(self._copy_traj(c, traj, slice(t0, t0 + k), real * steps_b))
-                    t0 += k
-                else:
-                    pending.append(self._count(state, real * steps_b))
+        try:
+            for c in range(self.n_chunks):
+                (kd, iv, mp, ic), real = self._chunk_inputs(c)
+                state = _init_chunk(ex, kd, iv, mp, ic, self.impl, pl.rows)
+                t0 = 0
+                for steps_b, save_b in blocks:
+                    state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows)
+                    if save_b is not None:
+                        k = steps_b // save_b.every
+                        pending.append((traj, self._copy_traj(c, traj, slice(t0, t0 + k), real * steps_b)))
+                        t0 += k
+                    else:
+                        pending.append((state, lambda: None))
+                        self.bar.update(real * steps_b)
+                    drain(1)
+                pending.append((state, self._finish_chunk(c, state)))
                 drain(1)
-            pending.append(self._finish_chunk(c, state))
-            drain(1)
-        drain(0)
-
-    def _count(self, x, amount):
-        def f():
-            jax.block_until_ready(x)
-            self.bar.update(amount)
-        return f
+            drain(0)
+        except KeyboardInterrupt:  # keep what the device already finished, wait for nothing else
+            # (a key leaf comes out of the same computation as the other leaves)
+            while pending and all(x.is_ready() for x in jax.tree.leaves(pending[0][0]) if not _is_key(x)):
+                pending.pop(0)[1]()
+            raise
 
     def _copy_traj(self, c, traj, tslice, amount):
         def f():

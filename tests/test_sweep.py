@@ -302,7 +302,7 @@ def test_interrupted_sweep_keeps_finished_chunks(monkeypatch):
     ex = EX
     kw = dict(seeds=range(20), chunk_size=8, block_steps=3)
     full = pj.sweep(ex, STEPS, **kw)
-    _interrupt_after(monkeypatch, 5)  # 2 blocks per chunk of 8: chunks 0 and 1 finish, chunk 2 does not
+    _interrupt_after(monkeypatch, 4)  # 2 blocks per chunk of 8: chunks 0 and 1 finish, chunk 2 does not
     with pytest.raises(pj.SweepInterrupted) as info:
         pj.sweep(ex, STEPS, **kw)
     assert isinstance(info.value, KeyboardInterrupt)
@@ -325,6 +325,18 @@ def test_interrupted_summary_sweep_keeps_finished_blocks(monkeypatch):
     np.testing.assert_array_equal(part.steps, [1, 2, 3, 4])
     np.testing.assert_array_equal(part.summary("X", "mean"), full.summary("X", "mean")[:4])
     assert not part.done.any()
+
+
+def test_summary_blocks_are_cut_to_bound_the_gathered_values(monkeypatch):
+    kw = dict(seeds=range(12), chunk_size=8, summaries=("mean", 0.5), variables="X")
+    whole = pj.sweep(EX, STEPS, **kw)
+    assert whole.info["block_steps"] == [STEPS]
+    # one saved step of every scenario's values: 12 scenarios x 1 variable x 2 fields x 4 bytes
+    monkeypatch.setattr(_sweep, "_VALUES_BUDGET", 2 * 12 * 1 * 2 * 4)
+    cut = pj.sweep(EX, STEPS, **kw)
+    assert cut.info["block_steps"] == [2, 2, 2]
+    for stat in ("mean", 0.5):
+        np.testing.assert_array_equal(cut.summary("X", stat), whole.summary("X", stat))
 
 
 # ---- memory -------------------------------------------------------------------------

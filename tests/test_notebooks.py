@@ -37,6 +37,8 @@ def test_notebook_is_committed_without_outputs(path):
 def test_notebook_runs(path, tmp_path, monkeypatch):
     # the kernel imports this checkout's procela_jax and writes any files into a temp folder
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    # a headless MPLBACKEND (CI exports Agg) would reach the kernel and hide every figure
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
         nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}

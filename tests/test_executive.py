@@ -359,3 +359,25 @@ def test_execution_order_and_mechanism_access():
     assert ex.mechanism("a").name == "a" and ex.variable("X") is X
     with pytest.raises(pj.ModelError, match="execution_order"):
         build([a, b], X, execution_order=["a"])
+
+
+@pytest.mark.parametrize("steps,every", [(5, 1), (42, 1), (43, 1), (130, 1), (130, 3), (200, 7)])
+def test_trajectory_rows_equal_a_python_loop_of_steps(steps, every):
+    # runs write their rows in blocks (see _executive._rows_per_block); whatever the
+    # block and the remainder, row i is the state after step (i + 1) * every
+    ex = pj.demos.sir.make_executive()
+    assert _executive._rows_per_block(ex, ex.abstract_state(), np.arange(3), pj.Save()) > 1
+    s = ex.init(jax.random.key(3))
+    final, traj = ex.run(s, steps, save=pj.Save(every=every, fields=("value", "confidence", "mean")))
+    rows = []
+    for t in range(1, steps + 1):
+        s = ex.step(s)
+        if t % every == 0:
+            rows.append((s.values, s.confidences, s.stats_.mean, s.step))
+    assert len(traj) == steps // every
+    for i, (v, c, m, t) in enumerate(rows):
+        np.testing.assert_array_equal(traj.data["value"][i], v)
+        np.testing.assert_array_equal(traj.data["confidence"][i], c)
+        np.testing.assert_array_equal(traj.data["mean"][i], m)
+        assert int(traj.steps[i]) == int(t)
+    np.testing.assert_array_equal(final.values, s.values)

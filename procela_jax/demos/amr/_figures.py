@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..._jit import lean_jit
 from ..._save import Save
 from ._model import FAMILIES, FAMILY_OF, N_MECH
 from ._protocol import ACTIVE, SETTINGS, _check, _flags, make_executive, numpy_noise
@@ -28,7 +28,7 @@ def _extra(state):
     )
 
 
-@eqx.filter_jit
+@lean_jit
 def _trace_batch(ex, streams, keys, flags, steps):
     def one(stream, key, on):
         aux = ex.aux if stream is None else {**ex.aux, "noise": stream}

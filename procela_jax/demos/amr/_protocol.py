@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..._errors import ModelError
 from ..._executive import Executive
+from ..._jit import lean_jit
 from . import _governance, _model
 
 #: Governance settings, in the original's order, and the units each one switches on
@@ -181,7 +181,7 @@ def _start(ex, stream, key, on):
     return ex.init(key, active_invariants=_flags(on), aux=aux)
 
 
-@eqx.filter_jit
+@lean_jit
 def _batch(ex, streams, keys, flags, steps):
     """All runs as one flat batch. The initial states are built by ``vmap``, so every
     leaf of the scan's carry is batched from the start (one batching pass)."""

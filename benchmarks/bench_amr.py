@@ -16,13 +16,17 @@ of each process, and what the runs themselves add). Part 2 runs 10,000 seeds per
 setting with the port's own keys (one batch) and shows how the conclusions sharpen.
 
 Reading the numbers. The original keeps every record of every run alive (its key
-registry never frees them), so its memory grows by about 5 MB per run; the port's
-batch needs a few MB of buffers, and its process peak is the JAX runtime (~160 MB
-after import) plus the XLA compiler (~350 MB while compiling), both independent of
-the number of runs. The replay agrees with the original within a few ulps rather
-than bit for bit: XLA's CPU code fuses some multiply-adds (``a + b * c``) into one
-rounding where numpy rounds twice; no governance decision flips over the paper's
-250 runs (or the 1,000-seed reference, whose statistics it reproduces digit for digit).
+registry never frees them), so its memory grows by about 5 MB per run; the paper's
+own protocol run (``main.py -r 50 -s 160``, with its figures) peaks at 3.8 GiB. The
+port's batch needs a few MB of buffers; its process peak (~320-350 MB) is the JAX
+runtime (~160 MB after import), the model build with its trial trace (~70 MB) and
+the XLA compiler (~60-90 MB: the batch compiles with XLA's older CPU loop emitters,
+see ``procela_jax._jit``), all independent of the number of runs.
+
+The replay agrees with the original within a few ulps rather than bit for bit:
+XLA's CPU code fuses some multiply-adds (``a + b * c``) into one rounding where
+numpy rounds twice; no governance decision flips over the paper's 250 runs (or the
+1,000-seed reference, whose statistics it reproduces digit for digit).
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ import time
 import numpy as np
 
 SETTINGS = ("none", "fragility", "coverage", "probe", "all")
+#: Peak RSS of the original's full protocol run (``main.py -r 50 -s 160``: 250 runs
+#: and its figures), 3,995,780 kB by GNU time on this project's 2-core machine.
+ORIGINAL_PROTOCOL_PEAK_MB = 3995780 / 1024
 
 
 def _rss_mb() -> float:
@@ -96,7 +103,7 @@ def child_port(n_seeds: int, steps: int, noise: str) -> dict:
     t0 = time.perf_counter()
     compiled = lowered.compile()
     compile_ = time.perf_counter() - t0
-    mem = compiled.compiled.memory_analysis()
+    mem = compiled.memory_analysis()
     xla_mb = None
     if mem is not None:
         xla_mb = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2**20
@@ -153,6 +160,8 @@ def part1(original_seeds: int, steps: int) -> None:
     grow_p = port["rss_end"] - port["rss_compiled"]
     print(f"{'peak RSS of the process':<34}{orig['peak']:>15.0f} MB{port['peak']:>13.0f} MB"
           f"{orig['peak'] / port['peak']:>9.1f}x")
+    print(f"{'  vs the paper protocol run':<34}{ORIGINAL_PROTOCOL_PEAK_MB:>15.0f} MB{port['peak']:>13.0f} MB"
+          f"{ORIGINAL_PROTOCOL_PEAK_MB / port['peak']:>9.1f}x   (main.py -r 50 -s 160 with its figures)")
     print(f"{'memory the runs add':<34}{grow_o:>15.0f} MB{max(grow_p, 0):>13.0f} MB"
           f"   (XLA buffers of the batch: {port['xla_mb']:.1f} MB)")
     if original_seeds < 50:

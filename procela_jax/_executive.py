@@ -857,7 +857,8 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
 
     if remat:
         chunk = jax.checkpoint(chunk)
-    state, (data, steps_arr, extra) = _scan_rows(chunk, state, n_saves, _rows_per_block(ex, state, idx, save))
+    block = _rows_per_block(ex, state, idx, save, n_saves)
+    state, (data, steps_arr, extra) = _scan_rows(chunk, state, n_saves, block)
     if not halting:
         steps_arr = start + every * jnp.arange(1, n_saves + 1, dtype=start.dtype)
     if rest:
@@ -876,28 +877,27 @@ _run_jit = eqx.filter_jit(_run_impl)
 _BLOCK_BYTES = 256
 
 
-def _rows_per_block(ex: Executive, state: State, idx, save: Save) -> int:
-    """How many saved rows the inner loop gathers before writing them out."""
+def _rows_per_block(ex: Executive, state: State, idx, save: Save, n_rows: int) -> int:
+    """How many saved rows the inner loop gathers before writing them out: the
+    largest divisor of ``n_rows`` that keeps a block under ``_BLOCK_BYTES`` (a
+    divisor, so that the step is traced and compiled once)."""
     row = [len(idx) * jnp.dtype(ex.dtype).itemsize]  # value, confidence, statistics
     if "policy" in save.fields or "count" in save.fields:
         row.append(len(idx) * 4)
     if save.audit and state.audit is not None:
         row += [len(idx) * v[0].size * v.dtype.itemsize for v in state.audit.values()]
-    return max(1, min(64, _BLOCK_BYTES // max(row)))
+    most = max(1, min(64, _BLOCK_BYTES // max(row)))
+    return max(k for k in range(1, most + 1) if n_rows % k == 0)
 
 
 def _scan_rows(chunk, state, n_rows: int, block: int):
-    """``lax.scan(chunk, state, None, length=n_rows)``, rows written ``block`` at a time."""
-    if block <= 1 or n_rows < 2 * block:
+    """``lax.scan(chunk, state, None, length=n_rows)``, rows written ``block`` at a
+    time (``block`` divides ``n_rows``)."""
+    if block <= 1:
         return jax.lax.scan(chunk, state, None, length=n_rows)
-    n_blocks, rest = divmod(n_rows, block)
     state, rows = jax.lax.scan(lambda s, _: jax.lax.scan(chunk, s, None, length=block), state, None,
-                               length=n_blocks)
-    rows = jax.tree.map(lambda a: a.reshape((n_blocks * block,) + a.shape[2:]), rows)
-    if rest:
-        state, tail = jax.lax.scan(chunk, state, None, length=rest)
-        rows = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), rows, tail)
-    return state, rows
+                               length=n_rows // block)
+    return state, jax.tree.map(lambda a: a.reshape((n_rows,) + a.shape[2:]), rows)
 
 
 def _trial_trace(ex: Executive) -> None:

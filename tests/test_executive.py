@@ -361,12 +361,12 @@ def test_execution_order_and_mechanism_access():
         build([a, b], X, execution_order=["a"])
 
 
-@pytest.mark.parametrize("steps,every", [(5, 1), (42, 1), (43, 1), (130, 1), (130, 3), (200, 7)])
+@pytest.mark.parametrize("steps,every", [(5, 1), (42, 1), (43, 1), (130, 1), (130, 3), (200, 7), (365, 1)])
 def test_trajectory_rows_equal_a_python_loop_of_steps(steps, every):
     # runs write their rows in blocks (see _executive._rows_per_block); whatever the
     # block and the remainder, row i is the state after step (i + 1) * every
     ex = pj.demos.sir.make_executive()
-    assert _executive._rows_per_block(ex, ex.abstract_state(), np.arange(3), pj.Save()) > 1
+    assert _executive._rows_per_block(ex, ex.abstract_state(), np.arange(3), pj.Save(), 420) == 21
     s = ex.init(jax.random.key(3))
     final, traj = ex.run(s, steps, save=pj.Save(every=every, fields=("value", "confidence", "mean")))
     rows = []

@@ -823,7 +823,9 @@ def _step_traced(ex, state):
 _step_jit = eqx.filter_jit(_step_traced)
 
 
-def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat: bool):
+def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat: bool, blocks: bool = True):
+    """The run. ``blocks=False`` writes rows one by one: better when the run is
+    batched (rows of many scenarios are large already; see ``_rows_per_block``)."""
     TRACE_COUNT["run"] += 1
 
     def one(s, _):
@@ -857,7 +859,7 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
 
     if remat:
         chunk = jax.checkpoint(chunk)
-    block = _rows_per_block(ex, state, idx, save, n_saves)
+    block = _rows_per_block(ex, state, idx, save, n_saves) if blocks else 1
     state, (data, steps_arr, extra) = _scan_rows(chunk, state, n_saves, block)
     if not halting:
         steps_arr = start + every * jnp.arange(1, n_saves + 1, dtype=start.dtype)

@@ -747,7 +747,7 @@ def _run_block(ex, mech, init_conf, state, steps, save, sharding):
     TRACES["block"] += 1
 
     def one(mp, ic, s):
-        return _run_impl(_with_params(ex, mp, ic), s, steps, save, False)
+        return _run_impl(_with_params(ex, mp, ic), s, steps, save, False, blocks=False)  # batched rows
 
     out = jax.vmap(one)(mech, init_conf, state)
     return jax.lax.with_sharding_constraint(out, sharding)

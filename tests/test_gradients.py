@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import Exponential, Logistic
+
 import procela_jax as pj
 
 REL = 1e-4
@@ -76,25 +78,6 @@ def test_sir_demo_two_theories_weighted_voting():
 
 
 # ---------------------------------------------------------------- model 2: soft choice of theory
-class Logistic(pj.Mechanism):
-    r: float
-    K: float
-    confidence: float
-
-    def transform(self, values, key):
-        x = values["X"]
-        return {"X": pj.VariableRecord(x + self.r * x * (1 - x / self.K), confidence=self.confidence)}
-
-
-class Exponential(pj.Mechanism):
-    r: float
-    confidence: float
-
-    def transform(self, values, key):
-        x = values["X"]
-        return {"X": pj.VariableRecord(x * (1 + self.r), confidence=self.confidence)}
-
-
 def _growth(policy, cap=60.0):
     X = pj.Variable("X", pj.RangeDomain(0.0, cap), policy=policy, init=5.0, out_of_domain="clip")
     return pj.Executive(

@@ -13,6 +13,8 @@ import optax
 import pytest
 from hypothesis import given, strategies as st
 
+from conftest import Exponential, Logistic
+
 import procela_jax as pj
 
 PAIRS = [
@@ -237,25 +239,6 @@ def test_temperature_is_validated_and_part_of_the_identity():
 
 
 # ---------------------------------------------------------------- inside an executive
-class Logistic(pj.Mechanism):
-    r: float
-    K: float
-    confidence: float
-
-    def transform(self, values, key):
-        x = values["X"]
-        return {"X": pj.VariableRecord(x + self.r * x * (1 - x / self.K), confidence=self.confidence)}
-
-
-class Exponential(pj.Mechanism):
-    r: float
-    confidence: float
-
-    def transform(self, values, key):
-        x = values["X"]
-        return {"X": pj.VariableRecord(x * (1 + self.r), confidence=self.confidence)}
-
-
 def _growth(policy, alternatives=(), c_log=0.5, c_exp=0.6):
     X = pj.Variable("X", pj.RangeDomain(0.0, None), policy=policy, alternatives=alternatives, init=5.0)
     return pj.Executive(

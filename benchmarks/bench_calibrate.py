@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 import procela_jax as pj
+from procela_jax.demos.growth import Gompertz, Logistic
 from procela_jax._calibrate import _Config, _objective, _resolve_params, _simulate, mse_loss
 
 
@@ -181,25 +182,6 @@ def sir(iterations=500):
 
 def mixing():
     print("== mixing: weights of two competing growth theories under weighted voting (1% noise)")
-
-    class Logistic(pj.Mechanism):
-        r: float
-        K: float
-        weight: float
-
-        def transform(self, values, key):
-            n = values["N"]
-            return {"N": pj.VariableRecord(n + self.r * n * (1 - n / self.K), confidence=0.8, weight=self.weight)}
-
-    class Gompertz(pj.Mechanism):
-        r: float
-        K: float
-        weight: float
-
-        def transform(self, values, key):
-            n = values["N"]
-            return {"N": pj.VariableRecord(n + self.r * n * jnp.log(self.K / n), confidence=0.8,
-                                           weight=self.weight)}
 
     N = pj.Variable("N", pj.RangeDomain(0.0, None), init=5.0)
     ex = pj.Executive(variables=[N], mechanisms=[

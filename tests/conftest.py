@@ -8,8 +8,6 @@
   ``x64``).
 * ``orig_hypotheses(values, confidences, weights)``: the original's hypothesis
   records for a direct policy call.
-* ``Logistic``, ``Exponential``: two competing growth theories of a variable ``X``
-  (for gradient tests through policies).
 """
 
 from __future__ import annotations
@@ -20,8 +18,6 @@ import os
 import jax
 import pytest
 from hypothesis import settings
-
-import procela_jax as pj
 
 settings.register_profile("procela_jax", max_examples=12, deadline=None, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "procela_jax"))
@@ -64,26 +60,3 @@ def sir():
     import procela_jax as pj
 
     return pj.demos.sir.make_executive()
-
-
-class Logistic(pj.Mechanism):
-    """``x + r x (1 - x / K)``, confidence ``confidence``."""
-
-    r: float
-    K: float
-    confidence: float
-
-    def transform(self, values, key):
-        x = values["X"]
-        return {"X": pj.VariableRecord(x + self.r * x * (1 - x / self.K), confidence=self.confidence)}
-
-
-class Exponential(pj.Mechanism):
-    """``x (1 + r)``, confidence ``confidence``."""
-
-    r: float
-    confidence: float
-
-    def transform(self, values, key):
-        x = values["X"]
-        return {"X": pj.VariableRecord(x * (1 + self.r), confidence=self.confidence)}

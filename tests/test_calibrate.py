@@ -18,6 +18,7 @@ import optax
 import pytest
 
 import procela_jax as pj
+from procela_jax.demos.growth import Gompertz, Logistic
 
 STEPS = 120
 T_OBS = np.arange(0, STEPS, 2)
@@ -264,26 +265,6 @@ def test_filter_spec_and_user_loss(sir_data):
 
 
 # ---------------------------------------------------------------- real work
-class Logistic(pj.Mechanism):
-    r: float
-    K: float
-    weight: float
-
-    def transform(self, values, key):
-        n = values["N"]
-        return {"N": pj.VariableRecord(n + self.r * n * (1 - n / self.K), confidence=0.8, weight=self.weight)}
-
-
-class Gompertz(pj.Mechanism):
-    r: float
-    K: float
-    weight: float
-
-    def transform(self, values, key):
-        n = values["N"]
-        return {"N": pj.VariableRecord(n + self.r * n * jnp.log(self.K / n), confidence=0.8, weight=self.weight)}
-
-
 @pytest.mark.slow
 def test_mixing_weights_of_two_competing_theories_are_recovered():
     """Weighted voting mixes the theories with fractions w / sum(w); only the

@@ -16,9 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import Exponential, Logistic
-
 import procela_jax as pj
+from procela_jax.demos.growth import Exponential, Logistic
 
 REL = 1e-4
 

@@ -13,9 +13,8 @@ import optax
 import pytest
 from hypothesis import given, strategies as st
 
-from conftest import Exponential, Logistic
-
 import procela_jax as pj
+from procela_jax.demos.growth import Exponential, Logistic
 
 PAIRS = [
     (pj.SoftHighestConfidencePolicy, pj.HighestConfidencePolicy),

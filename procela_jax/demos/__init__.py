@@ -1,3 +1,3 @@
 """Built-in demo models."""
 
-from . import amr as amr, sir as sir
+from . import amr as amr, growth as growth, sir as sir

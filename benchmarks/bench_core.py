@@ -2,8 +2,8 @@
 
 Two models, each in three versions, timed in one process:
 
-* ``xyz``: the original's Executive docstring world (X, Y, Z; three add mechanisms,
-  a divide-by-2 mechanism, each hypothesis with a random confidence; a RUNTIME
+* ``xyz``: the original's Executive docstring world, as ``_worlds.xyz_executive``
+  (X, Y, Z; three add mechanisms, a halving mechanism, each hypothesis with a random confidence; a RUNTIME
   safety invariant on the running means that brings in an emergency mechanism and
   switches every policy to highest confidence; the emergency mechanism leaves
   before step 80).
@@ -47,18 +47,17 @@ import math
 import random
 import statistics
 import time
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import _worlds as W  # the X, Y, Z executive bench_scale measures too
 import procela_jax as pj
 from procela_jax import _executive
 
 
-def fold_id(name: str) -> int:
-    return zlib.crc32(name.encode("utf-8")) & 0x7FFFFFFF
+fold_id = W._id  # a mechanism's stable id, as the engine folds it into the step key
 
 
 def scan_steps(step, carry, steps: int, block: int = 1):
@@ -100,62 +99,13 @@ def timed_both(fn):
 # ================================================================================
 # X, Y, Z: the docstring world
 # ================================================================================
-THRESHOLD = 700000.0
+THRESHOLD = W.THRESHOLD
 XYZ_INIT = (1.8, -0.5, 9.2)
-
-
-class Add(pj.Mechanism):
-    def transform(self, values, key):
-        a, b = values[self.reads[0]], values[self.reads[1]]
-        return {self.writes[0]: pj.VariableRecord(a + b, confidence=jax.random.uniform(key, dtype=a.dtype))}
-
-
-class Divide(pj.Mechanism):
-    def transform(self, values, key):
-        conf = jax.random.uniform(key, (len(self.writes),), dtype=values[self.writes[0]].dtype)
-        return {w: pj.VariableRecord(values[w] * 0.5, confidence=conf[j]) for j, w in enumerate(self.writes)}
-
-
-class Emergency(pj.Mechanism):
-    def transform(self, values, key):
-        return {w: pj.VariableRecord(values[w] * 0.3, confidence=1.0) for w in self.writes}
-
-
-def _safe(view):
-    return ~((view.stats("X").mean > THRESHOLD) | (view.stats("Y").mean > THRESHOLD)
-             | (view.stats("Z").mean > THRESHOLD))
-
-
-def _bring_in(state, view):
-    first = ~state.aux
-    state = state.enable("emergency", when=first)
-    for n in "XYZ":
-        state = state.set_policy(n, pj.HighestConfidencePolicy, when=first)
-    return state.with_aux(jnp.asarray(True))
-
-
-def _pre(state, step):
-    return state.disable("emergency", when=step == 80)
-
-
-def xyz_procela_jax():
-    V = [pj.Variable(n, pj.RangeDomain(-100.0, 100.0), init=x, alternatives=(pj.HighestConfidencePolicy(),))
-         for n, x in zip("XYZ", XYZ_INIT)]
-    X, Y, Z = V
-    mechanisms = [
-        Add(reads=[X, Y], writes=[Z], name="add_z"),
-        Add(reads=[X, Z], writes=[Y], name="add_y"),
-        Add(reads=[Y, Z], writes=[X], name="add_x"),
-        Divide(writes=[X, Y, Z], name="divide"),
-        Emergency(writes=[X, Y, Z], name="emergency"),
-    ]
-    inv = pj.SystemInvariant("safety", _safe, _bring_in, severity=pj.InvariantSeverity.WARNING)
-    return pj.Executive(variables=V, mechanisms=mechanisms, invariants=[inv], pre_step=_pre, aux=jnp.asarray(False))
 
 
 def xyz_plain(steps: int, block: int = 1):
     """The docstring world by hand: returns a jitted ``run(key) -> (values, confs)``."""
-    ids = {n: fold_id(n) for n in ("add_z", "add_y", "add_x", "divide")}
+    ids = {n: fold_id(n) for n in ("add_z", "add_y", "add_x", "halve")}
 
     def step(carry, t):
         key, v, c_prev, sums, count, added, em_on, highest = carry
@@ -163,8 +113,8 @@ def xyz_plain(steps: int, block: int = 1):
         k = jax.random.fold_in(key, t)
         u = lambda name, shape=(): jax.random.uniform(jax.random.fold_in(k, ids[name]), shape, v.dtype)
         x, y, z = v[0], v[1], v[2]
-        cd = u("divide", (3,))
-        # slots per variable: [add, divide, emergency]
+        cd = u("halve", (3,))
+        # slots per variable: [add, halve, emergency]
         vals = jnp.stack([jnp.stack([y + z, x * 0.5, x * 0.3]),
                           jnp.stack([x + z, y * 0.5, y * 0.3]),
                           jnp.stack([x + y, z * 0.5, z * 0.3])])
@@ -327,12 +277,10 @@ def ratio_blocked(rate):
     return rate["procela_jax"] / rate["plain, blocked"]
 
 
-def bench_model(name, build_ex, build_plain, build_original, steps, original_steps, rounds, prepare=None):
+def bench_model(name, build_ex, build_plain, build_original, steps, original_steps, rounds):
     key = jax.random.key(0)
     build_s, ex = timed(build_ex)
     state = ex.init(key)
-    if prepare is not None:
-        state = prepare(state)
     run_ex = lambda: jax.block_until_ready(ex.run(state, steps))
     first_s, (_, traj) = timed(run_ex)
     plain = build_plain(steps)
@@ -396,9 +344,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; procela_jax from {pj.__file__}")
     out = {}
-    out["xyz"] = bench_model("X, Y, Z docstring world", xyz_procela_jax, xyz_plain, xyz_original,
-                             args.steps, args.original_steps, args.rounds,
-                             prepare=lambda s: s.disable("emergency"))  # brought in by the invariant
+    out["xyz"] = bench_model("X, Y, Z docstring world", W.xyz_executive, xyz_plain, xyz_original,
+                             args.steps, args.original_steps, args.rounds)
     out["sir"] = bench_model("SIR demo", pj.demos.sir.make_executive, sir_plain, sir_original,
                              args.steps, args.original_steps, args.rounds)
     return out

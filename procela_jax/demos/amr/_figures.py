@@ -113,6 +113,15 @@ def figure_predictions(tr, setting="none", seed_index=0):
     return fig
 
 
+def _setting_rows(tr, columns, width, row_height):
+    """A figure with one row of ``columns`` panels per governance setting, sharing
+    the step axis: ``(fig, axes)`` with ``axes`` of shape ``(settings, columns)``."""
+    import matplotlib.pyplot as plt
+
+    n = len(tr["settings"])
+    return plt.subplots(n, columns, figsize=(width, row_height * n + 0.6), sharex=True, squeeze=False)
+
+
 def figure_trust(tr, seed_index=0):
     """Which family the resolution trusted: each family's share of the confidence
     behind the forecast, per step, for every governance setting.
@@ -122,11 +131,8 @@ def figure_trust(tr, seed_index=0):
     >>> len(fig.axes) > 0
     True
     """
-    import matplotlib.pyplot as plt
-
-    n = len(tr["settings"])
-    fig, axes = plt.subplots(n, 1, figsize=(9, 1.6 * n + 0.6), sharex=True)
-    axes = np.atleast_1d(axes)
+    fig, axes = _setting_rows(tr, columns=1, width=9, row_height=1.6)
+    axes = axes[:, 0]
     for i, (ax, s) in enumerate(zip(axes, tr["settings"])):
         w = tr["confidences"][i, seed_index] * tr["proposed"][i, seed_index]
         share = np.stack([w[:, np.asarray(FAMILY_OF) == f].sum(1) for f in range(3)]) / w.sum(1)
@@ -150,11 +156,7 @@ def figure_signals(tr, seed_index=0):
     >>> len(fig.axes) > 0
     True
     """
-    import matplotlib.pyplot as plt
-
-    n = len(tr["settings"])
-    fig, axes = plt.subplots(n, 2, figsize=(11, 1.7 * n + 0.6), sharex=True)
-    axes = np.atleast_2d(axes)
+    fig, axes = _setting_rows(tr, columns=2, width=11, row_height=1.7)
     for i, s in enumerate(tr["settings"]):
         t = np.arange(tr["colonized"].shape[2])
         for f, fam in enumerate(FAMILIES):

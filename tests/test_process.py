@@ -3,14 +3,14 @@ the original's Process and Compose."""
 
 from __future__ import annotations
 
-import logging
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import procela as P
+from conftest import quiet_logger
+
 import procela_jax as pj
 
 STEPS = 12
@@ -30,14 +30,6 @@ def _ours():
     X = pj.Variable("X", init=2.0)
     mk = {n: Linear(slope=s, shift=d, conf=c, reads=[X], writes=[X], name=n) for n, (s, d, c) in RULES.items()}
     return X, mk
-
-
-def _quiet():
-    log = logging.getLogger("procela-process-tests")
-    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
-        log.addHandler(logging.NullHandler())
-    log.propagate = False
-    return log
 
 
 def _theirs(schedule, compose=False):
@@ -60,7 +52,7 @@ def _theirs(schedule, compose=False):
     procs = {"p1": p1, "p2": p2}
     if compose:
         procs = {"all": P.Compose([p1, p2])}
-    ex = P.Executive(processes=list(procs.values()), logger=_quiet())
+    ex = P.Executive(processes=list(procs.values()), logger=quiet_logger("procela-process-tests"))
     values, counts = [], []
 
     def pre(_ex, i):

@@ -3,7 +3,6 @@ laws (hypothesis), vmap/jit/grad, and use inside governance."""
 
 from __future__ import annotations
 
-import logging
 import math
 
 import jax
@@ -11,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+
+from conftest import quiet_logger
 
 import procela_jax as pj
 
@@ -384,14 +385,6 @@ def test_signals_per_scenario_under_vmap():
 
 
 # ---- a fragility governance step by step against the original ----------------------------
-def _quiet():
-    log = logging.getLogger("procela-signals-tests")
-    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
-        log.addHandler(logging.NullHandler())
-    log.propagate = False
-    return log
-
-
 def test_spread_governance_matches_the_original(x64):
     """The original's beginner example pattern: a RUNTIME invariant watches the spread of
     the pending hypotheses and switches to the most confident theory."""
@@ -419,7 +412,7 @@ def test_spread_governance_matches_the_original(x64):
     def switch(_violation, _snap):
         T.policy = P.HighestConfidencePolicy()
 
-    ex = P.Executive(mechanisms=[Rate(r, c) for r, c in zip(rates, confs)], logger=_quiet())
+    ex = P.Executive(mechanisms=[Rate(r, c) for r, c in zip(rates, confs)], logger=quiet_logger("procela-signals-tests"))
     ex.add_invariant(P.SystemInvariant("spread", spread, switch, phase=P.InvariantPhase.RUNTIME,
                                        severity=P.InvariantSeverity.WARNING, softness=P.InvariantSoftness.SOFT))
     theirs = []

@@ -16,6 +16,7 @@ highest-confidence resolution; the emergency mechanism is removed at step 80.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import zlib
@@ -102,8 +103,24 @@ def sir_hand(full: bool = True, steps: int = 365):
     return fn
 
 
+def quiet_logger() -> logging.Logger:
+    """A logger that drops everything: the original logs every step to ``./logs/``
+    unless given one, and the benchmarks time its simulation, not its logging."""
+    log = logging.getLogger("procela-bench")
+    if not any(isinstance(h, logging.NullHandler) for h in log.handlers):
+        log.addHandler(logging.NullHandler())
+    log.propagate = False
+    return log
+
+
 def sir_procela(seed: int, steps: int, beta: float = 0.3):
     """The SIR world with the original procela; returns the final (S, I, R)."""
+    return sir_procela_runner(seed, steps, beta)()
+
+
+def sir_procela_runner(seed: int, steps: int, beta: float = 0.3):
+    """Build the SIR world with the original procela; returns ``run() -> (S, I, R)``
+    (the final values), so that a benchmark can time the run alone."""
     from procela import Executive, Mechanism, RangeDomain, Variable, VariableRecord, WeightedVotingPolicy
 
     rng = random.Random(seed)
@@ -135,9 +152,14 @@ def sir_procela(seed: int, steps: int, beta: float = 0.3):
             for var, x in ((S, s - inf), (I, i + inf - rec), (R, r + rec)):
                 var.add_hypothesis(VariableRecord(x, confidence=c, source=self.key()))
 
-    ex = Executive(mechanisms=[Deterministic([S, I, R], [S, I, R]), Seasonal([S, I, R], [S, I, R])])
-    ex.run(steps=steps)
-    return S.value, I.value, R.value
+    ex = Executive(mechanisms=[Deterministic([S, I, R], [S, I, R]), Seasonal([S, I, R], [S, I, R])], rng=rng,
+                   logger=quiet_logger())
+
+    def run():
+        ex.run(steps=steps)
+        return S.value, I.value, R.value
+
+    return run
 
 
 # ---- X, Y, Z -------------------------------------------------------------------------
@@ -256,9 +278,14 @@ def xyz_hand(full: bool = True, steps: int = 100, threshold: float = THRESHOLD):
 
 def xyz_procela(seed: int, steps: int, threshold: float = THRESHOLD, x0: float = 1.8):
     """The original Executive docstring example, one scenario; returns the final (X, Y, Z)."""
+    return xyz_procela_runner(seed, steps, threshold, x0)()
+
+
+def xyz_procela_runner(seed: int, steps: int, threshold: float = THRESHOLD, x0: float = 1.8):
+    """Build the docstring example with the original procela; returns ``run() -> (X, Y, Z)``."""
     from procela import (
-        Executive, HighestConfidencePolicy, InvariantPhase, Mechanism, RangeDomain, SystemInvariant, Variable,
-        VariableRecord, WeightedVotingPolicy,
+        Executive, HighestConfidencePolicy, InvariantPhase, InvariantSeverity, Mechanism, RangeDomain,
+        SystemInvariant, Variable, VariableRecord, WeightedVotingPolicy,
     )
 
     rng = random.Random(seed)
@@ -283,7 +310,7 @@ def xyz_procela(seed: int, steps: int, threshold: float = THRESHOLD, x0: float =
 
     emergency = EmergencyMechanism([], [X, Y, Z])
     ex = Executive(mechanisms=[AddMechanism([X, Y], [Z]), AddMechanism([X, Z], [Y]), AddMechanism([Y, Z], [X]),
-                               HalveMechanism([], [X, Y, Z])])
+                               HalveMechanism([], [X, Y, Z])], rng=rng, logger=quiet_logger())
     state = {"added": False}
 
     def condition(snapshot):
@@ -297,11 +324,14 @@ def xyz_procela(seed: int, steps: int, threshold: float = THRESHOLD, x0: float =
             state["added"] = True
 
     ex.add_invariant(SystemInvariant("safety", condition=condition, on_violation=respond,
-                                     phase=InvariantPhase.RUNTIME, message=""))
+                                     phase=InvariantPhase.RUNTIME, severity=InvariantSeverity.WARNING, message=""))
 
     def pre_step(executive, step):
         if step == 80 and emergency in executive.mechanisms():
             executive.remove_mechanism(emergency)
 
-    ex.run(steps=steps, pre_step=pre_step, post_step=None)
-    return X.value, Y.value, Z.value
+    def run():
+        ex.run(steps=steps, pre_step=pre_step, post_step=None)
+        return X.value, Y.value, Z.value
+
+    return run

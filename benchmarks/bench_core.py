@@ -42,9 +42,6 @@ compile under 3 s.
 from __future__ import annotations
 
 import argparse
-import logging
-import math
-import random
 import statistics
 import time
 
@@ -52,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import _worlds as W  # the X, Y, Z executive bench_scale measures too
+import _worlds as W  # the worlds bench_scale measures too (executives, the original's versions)
 import procela_jax as pj
 from procela_jax import _executive
 
@@ -73,13 +70,6 @@ def scan_steps(step, carry, steps: int, block: int = 1):
         tail = jax.lax.scan(step, carry, ts[n * block:])[1]
         rows = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), rows, tail)
     return rows
-
-
-def quiet_logger():
-    log = logging.getLogger("procela-bench")
-    log.addHandler(logging.NullHandler())
-    log.propagate = False
-    return log
 
 
 def timed(fn):
@@ -152,54 +142,6 @@ def xyz_plain(steps: int, block: int = 1):
     return run
 
 
-def xyz_original(steps: int, seed: int):
-    """Build the docstring world in the original; returns ``run() -> None``."""
-    import procela as P
-
-    rng = random.Random(seed)
-    V = {n: P.Variable(n, P.RangeDomain(-100.0, 100.0), policy=P.WeightedVotingPolicy()) for n in "XYZ"}
-    for n, x in zip("XYZ", XYZ_INIT):
-        V[n].init(P.VariableRecord(x, confidence=1.0))
-    X, Y, Z = V["X"], V["Y"], V["Z"]
-
-    class OAdd(P.Mechanism):
-        def transform(self):
-            a, b = [var.value for var in self.reads()]
-            self.writes()[0].add_hypothesis(P.VariableRecord(a + b, confidence=rng.uniform(0.0, 1.0)))
-
-    class ODivide(P.Mechanism):
-        def transform(self):
-            for var in self.writes():
-                var.add_hypothesis(P.VariableRecord(var.value * 0.5, confidence=rng.uniform(0.0, 1.0)))
-
-    class OEmergency(P.Mechanism):
-        def transform(self):
-            for var in self.writes():
-                var.add_hypothesis(P.VariableRecord(var.value * 0.3, confidence=1.0))
-
-    ex = P.Executive(mechanisms=[OAdd([X, Y], [Z]), OAdd([X, Z], [Y]), OAdd([Y, Z], [X]), ODivide([], [X, Y, Z])],
-                     rng=rng, logger=quiet_logger())
-    emergency = OEmergency([], [X, Y, Z])
-    added = []
-
-    def handle(violation, snapshot):
-        if not added:
-            ex.add_mechanism(emergency)
-            for var in (X, Y, Z):
-                var.policy = P.HighestConfidencePolicy()
-            added.append(True)
-
-    ex.add_invariant(P.SystemInvariant(
-        "safety", condition=lambda snap: not any(view.stats.mean > THRESHOLD for view in snap.views),
-        on_violation=handle, phase=P.InvariantPhase.RUNTIME, severity=P.InvariantSeverity.WARNING, message=""))
-
-    def pre_step(executive, i):
-        if i == 80 and emergency in executive.mechanisms():
-            executive.remove_mechanism(emergency)
-
-    return lambda: ex.run(steps=steps, pre_step=pre_step)
-
-
 # ================================================================================
 # SIR
 # ================================================================================
@@ -237,39 +179,6 @@ def sir_plain(steps: int, block: int = 1):
         return scan_steps(step, (key, v0), steps, block)
 
     return run
-
-
-def sir_original(steps: int, seed: int):
-    import procela as P
-
-    rng = random.Random(seed)
-    V = {n: P.Variable(n, P.RangeDomain(0.0, N), policy=P.WeightedVotingPolicy()) for n in "SIR"}
-    for n, x in zip("SIR", (N - INFECTED, INFECTED, 0.0)):
-        V[n].init(P.VariableRecord(x, confidence=1.0))
-    clock = {}
-
-    class Deterministic(P.Mechanism):
-        def transform(self):
-            s, i, r = (V[n].value for n in "SIR")
-            inf, rec = BETA * s * i / N, GAMMA * i
-            for n, x in zip("SIR", (s - inf, i + inf - rec, r + rec)):
-                V[n].add_hypothesis(P.VariableRecord(x, confidence=0.8))
-
-    class Seasonal(P.Mechanism):
-        def transform(self):
-            t = clock["ex"].step_index()
-            s, i, r = (V[n].value for n in "SIR")
-            season = 1.0 + AMPLITUDE * math.cos(2 * math.pi * t / 365.0)
-            inf = min(BETA * season * math.exp(NOISE * rng.gauss(0.0, 1.0)) * s * i / N, s)
-            rec = GAMMA * i
-            conf = rng.uniform(0.4, 0.7)
-            for n, x in zip("SIR", (s - inf, i + inf - rec, r + rec)):
-                V[n].add_hypothesis(P.VariableRecord(x, confidence=conf))
-
-    vs = list(V.values())
-    ex = P.Executive(mechanisms=[Deterministic(vs, vs), Seasonal(vs, vs)], rng=rng, logger=quiet_logger())
-    clock["ex"] = ex
-    return lambda: ex.run(steps=steps)
 
 
 # ================================================================================
@@ -310,7 +219,7 @@ def bench_model(name, build_ex, build_plain, build_original, steps, original_ste
         record("procela_jax", run_ex)
         record("plain JAX", run_plain)
         record("plain, blocked", run_blocked)
-        run_orig = build_original(original_steps, seed=r)  # a fresh world each round (not timed)
+        run_orig = build_original(seed=r, steps=original_steps)  # a fresh world each round (not timed)
         record("procela", run_orig)
     n_steps = {k: (original_steps if k == "procela" else steps) for k in wall}
     med = {k: statistics.median(v) for k, v in wall.items()}
@@ -344,9 +253,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}; float32; procela_jax from {pj.__file__}")
     out = {}
-    out["xyz"] = bench_model("X, Y, Z docstring world", W.xyz_executive, xyz_plain, xyz_original,
+    out["xyz"] = bench_model("X, Y, Z docstring world", W.xyz_executive, xyz_plain, W.xyz_procela_runner,
                              args.steps, args.original_steps, args.rounds)
-    out["sir"] = bench_model("SIR demo", pj.demos.sir.make_executive, sir_plain, sir_original,
+    out["sir"] = bench_model("SIR demo", pj.demos.sir.make_executive, sir_plain, W.sir_procela_runner,
                              args.steps, args.original_steps, args.rounds)
     return out
 

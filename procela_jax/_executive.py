@@ -23,6 +23,7 @@ from ._recovery import (
     FailureLog,
     Recovery,
 )
+from ._hints import batched, materialize
 from ._layout import Layout
 from ._mechanism import BASE_FIELDS, Mechanism, stable_id
 from ._memory import SOURCE_BLEND, SOURCE_EXTERNAL, Memory
@@ -663,6 +664,8 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
         sactive = jnp.zeros((n, 0), bool)
     valid = jnp.isfinite(sv) & jnp.isfinite(sc) & (sc >= 0) & (sc <= 1) & jnp.isfinite(sw) & (sw >= 0)
     smask = valid & sactive
+    if batched():  # every policy and counter reads the slots: lay them out once
+        sv, sc, smask = materialize(sv), materialize(sc), materialize(smask)
     if m:
         # invalid proposals of enabled mechanisms, counted per mechanism
         bad = (sactive & ~valid).astype(jnp.int32)
@@ -727,6 +730,8 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
             jnp.take_along_axis(jnp.asarray(slot_mech), jnp.clip(winner, 0, None)[:, None], -1)[:, 0],
             SOURCE_BLEND,
         )
+    if batched():  # one buffer each, read by the commit's large kernels
+        res_v, res_c, has_value, source = (materialize(x) for x in (res_v, res_c, has_value, source))
     # 5. domain enforcement and commit (every writable variable, even without hypotheses)
     commit = jnp.asarray(np.asarray(layout.writable, bool))
     state = commit_records(state, commit, has_value, res_v, res_c, source, record_step=t + 1)

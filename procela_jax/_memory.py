@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
+from ._hints import batched
+
 #: ``source`` codes of a record that no single mechanism decided.
 SOURCE_BLEND = -1  # a policy combined several hypotheses
 SOURCE_EXTERNAL = -2  # the initial value or ``state.set``
@@ -47,13 +49,15 @@ class Memory(eqx.Module):
 
     def push(self, commit, value, confidence, step, source) -> Memory:
         n = len(self.capacity)
-        cap = jnp.asarray(np.asarray(self.capacity, np.int32))
-        slot = self.written % cap
+        # unsigned: ``written`` is never negative, and a power-of-two capacity
+        # then makes the slot a bit mask (the blend below recomputes it per entry)
+        cap = jnp.asarray(np.asarray(self.capacity, np.uint32))
+        slot = (self.written.astype(jnp.uint32) % cap).astype(jnp.int32)
         rows = jnp.arange(n)
         width = self.records.shape[-2]
         records = jnp.stack([value, jnp.asarray(confidence, value.dtype)], axis=-1)
         tags = jnp.stack([jnp.broadcast_to(step, (n,)).astype(jnp.int32), source.astype(jnp.int32)], axis=-1)
-        if n * width <= 1 << 16:
+        if n * width <= 1 << 16 and not batched():
             # small buffers: a masked blend fuses into one loop (faster than a scatter)
             hit = (jnp.arange(width)[None, :] == slot[:, None]) & commit[:, None]
 
@@ -61,9 +65,13 @@ class Memory(eqx.Module):
                 return jnp.where(hit[..., None], new[:, None, :], buf)
         else:
 
+            # large or batched buffers: write one entry per variable (a blend would
+            # read and rewrite the whole buffer)
             def put(buf, new):
                 old = buf[rows, slot]
-                return buf.at[rows, slot].set(jnp.where(commit[:, None], new, old))
+                return buf.at[rows, slot].set(
+                    jnp.where(commit[:, None], new, old), unique_indices=True, indices_are_sorted=True
+                )
 
         return Memory(
             records=put(self.records, records.astype(self.records.dtype)),

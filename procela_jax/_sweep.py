@@ -16,6 +16,7 @@ import numpy as np
 from ._distributed import Placement, addressable_rows, gather_rows, scenario_mesh
 from ._errors import ModelError
 from ._executive import Executive, _getter, _run_impl
+from ._hints import batched_trace
 from ._save import Save, Trajectory
 from ._state import State
 
@@ -749,7 +750,8 @@ def _run_block(ex, mech, init_conf, state, steps, save, sharding):
     def one(mp, ic, s):
         return _run_impl(_with_params(ex, mp, ic), s, steps, save, False, blocks=False)  # batched rows
 
-    out = jax.vmap(one)(mech, init_conf, state)
+    with batched_trace():
+        out = jax.vmap(one)(mech, init_conf, state)
     return jax.lax.with_sharding_constraint(out, sharding)
 
 

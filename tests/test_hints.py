@@ -1,0 +1,106 @@
+"""Batched trace hints change how a step is laid out, never what it computes."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import procela_jax as pj
+from procela_jax._executive import _run_impl
+from procela_jax._hints import batched, batched_trace, materialize
+
+
+def test_batched_trace_is_scoped():
+    assert not batched()
+    with batched_trace():
+        assert batched()
+    assert not batched()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(
+        st.sampled_from([np.float32, np.int32, np.bool_]),
+        hnp.array_shapes(min_dims=0, max_dims=3, max_side=4),
+        elements=None,
+    )
+)
+def test_materialize_returns_every_bit(x):
+    # NaN payloads aside, every float (inf, -0.0, subnormals) comes back unchanged
+    out = np.asarray(jax.jit(materialize)(x))
+    assert out.dtype == x.dtype and out.shape == x.shape
+    if x.dtype == np.float32:
+        nan = np.isnan(x)
+        np.testing.assert_array_equal(np.isnan(out), nan)
+        np.testing.assert_array_equal(out[~nan].view(np.int32), x[~nan].view(np.int32))
+    else:
+        np.testing.assert_array_equal(out, x)
+
+
+class Noisy(pj.Mechanism):
+    """A random walk that now and then proposes NaN (an invalid hypothesis)."""
+
+    scale: float = 1.0
+
+    def transform(self, values, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        out = {}
+        for j, n in enumerate(self.writes):
+            v = values[n] + self.scale * jax.random.normal(jax.random.fold_in(k1, j))
+            v = jnp.where(jax.random.uniform(jax.random.fold_in(k3, j)) < 0.1, jnp.nan, v)
+            out[n] = pj.VariableRecord(v, confidence=jax.random.uniform(jax.random.fold_in(k2, j)))
+        return out
+
+
+def _world():
+    policies = dict(policy=pj.WeightedVotingPolicy(), alternatives=(pj.HighestConfidencePolicy(),))
+    X = pj.Variable("X", pj.RangeDomain(-3.0, 3.0), init=0.5, memory=3, out_of_domain="clip", **policies)
+    Y = pj.Variable("Y", init=-1.0, memory=5, **policies)
+    Z = pj.Variable("Z", init=2.0, memory=16)
+    W = pj.Variable("W", init=7.0, memory=4)  # nobody writes it: it never commits in a step
+
+    def post_step(state, t):
+        # an external observation on some scenarios only: ring positions drift apart
+        when = (state.value("X") > 0) & (t % 3 == 0)
+        state = state.set("Z", state.value("Z") * 0.5, confidence=0.7, when=when)
+        return state.set_policy("Y", pj.HighestConfidencePolicy, when=t == 10)
+
+    return pj.Executive(
+        variables=[X, Y, Z, W],
+        mechanisms=[
+            Noisy(reads=[X, Y, Z], writes=[X, Y, Z], name="a"),
+            Noisy(reads=[X, Y], writes=[X, Y], name="b", scale=0.5),
+        ],
+        post_step=post_step,
+    )
+
+
+def test_a_batched_trace_computes_the_same_bits():
+    ex = _world()
+    save = pj.Save(fields=("value", "confidence"))
+    states = jax.vmap(ex.init)(jax.vmap(jax.random.key)(jnp.arange(16)))
+
+    def run(hint):
+        @eqx.filter_jit
+        def f(ex, s):
+            def one(s):
+                return _run_impl(ex, s, 40, save, False, blocks=False)
+
+            if hint:
+                with batched_trace():
+                    return jax.vmap(one)(s)
+            return jax.vmap(one)(s)
+
+        return f(ex, states)
+
+    plain, hinted = run(False), run(True)
+    # the runs wrapped every ring buffer and wrote them at different positions
+    written = np.asarray(hinted[0].memory.written)
+    assert (written[:, :3] > 16).all() and len(set(written[:, 2])) > 1 and (written[:, 3] == 1).all()
+    for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(hinted)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -111,12 +111,13 @@ class WeightedVotingPolicy(Policy):
     def resolve(self, values, confidences, weights, mask):
         v, c = _masked(values, mask), _masked(confidences, mask)
         w = _masked(weights, mask)
-        n = seqsum(mask.astype(values.dtype))
+        # all weights zero: every valid hypothesis weighs 1 (the plain means, exactly:
+        # a product by 1 and a sum of ones round like the unweighted sums)
+        weighted = seqsum(w) > 0
+        w = jnp.where(weighted[..., None], w, mask.astype(values.dtype))
         wsum = seqsum(w)
-        weighted = wsum > 0
         vw, cw = unfused(v * w), unfused(c * w)
-        value = jnp.where(weighted, _safe_div(seqsum(vw), wsum), _safe_div(seqsum(v), n))
-        conf = jnp.where(weighted, _safe_div(seqsum(cw), wsum), _safe_div(seqsum(c), n))
+        value, conf = _safe_div(seqsum(vw), wsum), _safe_div(seqsum(cw), wsum)
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 
 

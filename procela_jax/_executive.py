@@ -16,6 +16,7 @@ from jaxtyping import Array, PyTree
 
 from ._errors import ModelError
 from ._invariant import InvariantPhase, InvariantSeverity, InvariantSoftness, SystemInvariant
+from ._jit import unrolled_threefry
 from ._recovery import (
     FAILURE_INVALID_PROPOSAL,
     FAILURE_INVARIANT,
@@ -315,7 +316,8 @@ class Executive(eqx.Module):
 
     def step(self, state: State) -> State:
         """One step, jit-compiled once per model structure."""
-        return _step_jit(self, state)
+        with unrolled_threefry():
+            return _step_jit(self, state)
 
     def run(
         self,
@@ -338,7 +340,8 @@ class Executive(eqx.Module):
         if save is not None and save.variables is not None:
             for n in save.variables:
                 self.layout.var(n)
-        return _run_jit(self, state, int(steps), save, remat)
+        with unrolled_threefry():
+            return _run_jit(self, state, int(steps), save, remat)
 
     def abstract_state(self) -> State:
         """The state's structure (shapes and dtypes), without computing anything."""

@@ -1,8 +1,11 @@
-"""A filtered ``jax.jit`` that passes compiler options (``eqx.filter_jit`` has none)."""
+"""How the engine's own jitted entry points are compiled: compiler options
+(``lean_jit``) and the lowering of the random-number hash (``unrolled_threefry``)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 
 import equinox as eqx
 import jax
@@ -53,3 +56,53 @@ def lean_jit(fun):
     wrapped.lower = lambda *args: jitted().lower(*split(args))
     wrapped.traced_arguments = lambda *args: split(args)[1]  # what ``lower(*args).compile()`` takes
     return wrapped
+
+
+# ---- threefry, unrolled ----------------------------------------------------------
+# On the CPU, JAX lowers each threefry hash (every fold_in, split, normal, uniform)
+# to a five-round XLA while loop, which keeps compile times short; elsewhere it
+# emits the rounds unrolled. In a single scenario's step those loops are most of
+# the kernels XLA's runtime launches: unrolled, a run of the SIR demo takes half
+# the time, with the same bits (the same hash, written out). Under vmap over
+# thousands of scenarios the rolled loops are faster, so sweeps keep them.
+try:  # private to JAX: if it moves, the default lowering stays (same numbers)
+    from jax._src.interpreters import mlir as _mlir
+    from jax._src.random import threefry2x32 as _threefry
+
+    _PRIM = _threefry.threefry2x32_p
+    _CPU_RULES = _mlir._platform_specific_lowerings["cpu"]
+    _UNROLLED = _mlir._lowerings[_PRIM]  # the rule of the other platforms
+    _ROLLED = _CPU_RULES[_PRIM]
+except (ImportError, AttributeError, KeyError):  # pragma: no cover
+    _UNROLLED = None
+
+_swap_lock = threading.Lock()
+_swap_depth = 0
+
+
+@contextlib.contextmanager
+def unrolled_threefry():
+    """Lower threefry unrolled while the enclosed code traces and compiles (on
+    every backend; it only changes the CPU's lowering, never the numbers).
+
+    >>> import jax
+    >>> with unrolled_threefry():
+    ...     x = jax.jit(lambda k: jax.random.uniform(k))(jax.random.key(0))
+    >>> bool(x == jax.random.uniform(jax.random.key(0)))
+    True
+    """
+    global _swap_depth
+    if _UNROLLED is None:  # pragma: no cover
+        yield
+        return
+    with _swap_lock:
+        if _swap_depth == 0:
+            _CPU_RULES[_PRIM] = _UNROLLED
+        _swap_depth += 1
+    try:
+        yield
+    finally:
+        with _swap_lock:
+            _swap_depth -= 1
+            if _swap_depth == 0:
+                _CPU_RULES[_PRIM] = _ROLLED

@@ -1,0 +1,57 @@
+"""The engine's jit entry points: threefry lowered unrolled changes speed, never bits."""
+
+import equinox as eqx
+import jax
+import numpy as np
+import pytest
+
+import procela_jax as pj
+from procela_jax import _jit
+
+
+def _hlo(fn, *args):
+    return jax.jit(fn).lower(*args).as_text()
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rolled lowering is the CPU's")
+def test_unrolled_threefry_swaps_the_cpu_lowering_and_restores_it():
+    draw = lambda k: jax.random.normal(jax.random.fold_in(k, 3), (4,))  # noqa: E731
+    key = jax.random.key(1)
+    assert "while" in _hlo(draw, key)  # JAX's default on the CPU: a loop of rounds
+    with _jit.unrolled_threefry():
+        with _jit.unrolled_threefry():  # nested uses keep it until the outermost ends
+            pass
+        assert "while" not in _hlo(lambda k: draw(k) + 0, key)
+    assert "while" in _hlo(lambda k: draw(k) * 1, key)
+    with pytest.raises(RuntimeError):
+        with _jit.unrolled_threefry():
+            raise RuntimeError("boom")
+    assert "while" in _hlo(lambda k: draw(k) - 0, key)
+
+
+def _bits(tree):
+    out = []
+    for a in jax.tree.leaves(tree):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a = jax.random.key_data(a)
+        out.append(np.asarray(a))
+    return out
+
+
+def test_unrolled_runs_give_the_bits_of_rolled_runs():
+    ex = pj.demos.sir.make_executive()
+    state = ex.init(jax.random.key(7))
+    # two functions, so that JAX's cache of lowerings (keyed by the traced program)
+    # cannot hand the second one the first one's lowering; the executive is an
+    # argument, as in Executive.run (closed over, its parameters would be constants)
+    rolled = eqx.filter_jit(lambda e, s: e.run(s, 50)).lower(ex, state)
+    with _jit.unrolled_threefry():
+        unrolled = eqx.filter_jit(lambda e, s: e.run(s, 50)).lower(ex, state)
+    if jax.default_backend() == "cpu":  # two different programs...
+        assert rolled.as_text().count("stablehlo.while") > unrolled.as_text().count("stablehlo.while")
+    # ...with the same numbers, and those of Executive.run (which lowers unrolled)
+    expected = _bits(rolled.compile()(ex, state))
+    for got in (_bits(unrolled.compile()(ex, state)), _bits(ex.run(state, 50))):
+        assert len(got) == len(expected)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)

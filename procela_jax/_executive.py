@@ -15,6 +15,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ._errors import ModelError
+from ._hints import batched, materialize
 from ._invariant import InvariantPhase, InvariantSeverity, InvariantSoftness, SystemInvariant
 from ._jit import unrolled_threefry
 from ._recovery import (
@@ -24,7 +25,6 @@ from ._recovery import (
     FailureLog,
     Recovery,
 )
-from ._hints import batched, materialize
 from ._layout import Layout
 from ._mechanism import BASE_FIELDS, Mechanism, stable_id
 from ._memory import SOURCE_BLEND, SOURCE_EXTERNAL, Memory

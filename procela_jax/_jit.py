@@ -64,7 +64,9 @@ def lean_jit(fun):
 # emits the rounds unrolled. In a single scenario's step those loops are most of
 # the kernels XLA's runtime launches: unrolled, a run of the SIR demo takes half
 # the time, with the same bits (the same hash, written out). Under vmap over
-# thousands of scenarios the rolled loops are faster, so sweeps keep them.
+# thousands of scenarios the rolled loops are faster, so sweeps keep them. The
+# swap is process-wide while it lasts: another thread lowering at that moment
+# gets the unrolled rule too (the same numbers, compiled differently).
 try:  # private to JAX: if it moves, the default lowering stays (same numbers)
     from jax._src.interpreters import mlir as _mlir
     from jax._src.random import threefry2x32 as _threefry

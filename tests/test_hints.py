@@ -80,13 +80,13 @@ def _world():
 def test_a_batched_trace_computes_the_same_bits():
     ex = _world()
     save = pj.Save(fields=("value", "confidence"))
-    states = jax.vmap(ex.init)(jax.vmap(jax.random.key)(jnp.arange(16)))
+    states = jax.vmap(ex.init)(jax.vmap(jax.random.key)(jnp.arange(8)))
 
     def run(hint):
         @eqx.filter_jit
         def f(ex, s):
             def one(s):
-                return _run_impl(ex, s, 40, save, False, blocks=False)
+                return _run_impl(ex, s, 24, save, False, blocks=False)
 
             if hint:
                 with batched_trace():

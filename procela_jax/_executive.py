@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import operator
@@ -316,7 +317,7 @@ class Executive(eqx.Module):
 
     def step(self, state: State) -> State:
         """One step, jit-compiled once per model structure."""
-        with unrolled_threefry():
+        with _lowering(self, state):
             return _step_jit(self, state)
 
     def run(
@@ -340,7 +341,7 @@ class Executive(eqx.Module):
         if save is not None and save.variables is not None:
             for n in save.variables:
                 self.layout.var(n)
-        with unrolled_threefry():
+        with _lowering(self, state):
             return _run_jit(self, state, int(steps), save, remat)
 
     def abstract_state(self) -> State:
@@ -393,6 +394,15 @@ class Executive(eqx.Module):
 
 
 # ------------------------------------------------------------------------------
+def _lowering(ex: Executive, state: State):
+    """How a call compiles: the unrolled threefry for one scenario on concrete values;
+    JAX's default under a transformation (``vmap``: the rolled loops are faster for
+    many rows; ``grad`` or an enclosing ``jit`` lower elsewhere anyway)."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((ex, state))):
+        return contextlib.nullcontext()
+    return unrolled_threefry()
+
+
 def _unique_names(kind: str, items, cls) -> list[str]:
     for item in items:
         if not isinstance(item, cls):

@@ -1,5 +1,7 @@
 """The engine's jit entry points: threefry lowered unrolled changes speed, never bits."""
 
+import contextlib
+
 import equinox as eqx
 import jax
 import numpy as np
@@ -55,3 +57,26 @@ def test_unrolled_runs_give_the_bits_of_rolled_runs():
         assert len(got) == len(expected)
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a, b)
+
+
+def test_only_concrete_calls_lower_unrolled():
+    # under vmap the rolled loops are faster for many rows: a transformed call keeps
+    # JAX's default; a call on concrete values (one scenario) gets the unrolled hash
+    from procela_jax._executive import _lowering
+
+    ex = pj.demos.sir.make_executive()
+    state = ex.init(jax.random.key(0))
+    assert not isinstance(_lowering(ex, state), contextlib.nullcontext)
+    default = []
+
+    def under_vmap(s):
+        default.append(isinstance(_lowering(ex, s), contextlib.nullcontext))
+        return s.values
+
+    def under_grad(beta):
+        default.append(isinstance(_lowering(ex.replace({"sir.beta": beta}), state), contextlib.nullcontext))
+        return beta
+
+    jax.vmap(under_vmap)(jax.vmap(ex.init)(jax.random.split(jax.random.key(0), 3)))
+    jax.grad(under_grad)(0.3)
+    assert default == [True, True]

@@ -317,8 +317,7 @@ class Executive(eqx.Module):
 
     def step(self, state: State) -> State:
         """One step, jit-compiled once per model structure."""
-        with _lowering(self, state):
-            return _step_jit(self, state)
+        return _step_jit(self, state)
 
     def run(
         self,
@@ -395,7 +394,7 @@ class Executive(eqx.Module):
 
 # ------------------------------------------------------------------------------
 def _lowering(ex: Executive, state: State):
-    """How a call compiles: the unrolled threefry for one scenario on concrete values;
+    """How a run compiles: the unrolled threefry for one scenario on concrete values;
     JAX's default under a transformation (``vmap``: the rolled loops are faster for
     many rows; ``grad`` or an enclosing ``jit`` lower elsewhere anyway)."""
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((ex, state))):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import procela_jax as pj
+from conftest import host_leaves
 from procela_jax import _jit
 
 
@@ -31,15 +32,6 @@ def test_unrolled_threefry_swaps_the_cpu_lowering_and_restores_it():
     assert "while" in _hlo(lambda k: draw(k) - 0, key)
 
 
-def _bits(tree):
-    out = []
-    for a in jax.tree.leaves(tree):
-        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
-            a = jax.random.key_data(a)
-        out.append(np.asarray(a))
-    return out
-
-
 def test_unrolled_runs_give_the_bits_of_rolled_runs():
     ex = pj.demos.sir.make_executive()
     state = ex.init(jax.random.key(7))
@@ -52,8 +44,8 @@ def test_unrolled_runs_give_the_bits_of_rolled_runs():
     if jax.default_backend() == "cpu":  # two different programs...
         assert rolled.as_text().count("stablehlo.while") > unrolled.as_text().count("stablehlo.while")
     # ...with the same numbers, and those of Executive.run (which lowers unrolled)
-    expected = _bits(rolled.compile()(ex, state))
-    for got in (_bits(unrolled.compile()(ex, state)), _bits(ex.run(state, 50))):
+    expected = host_leaves(rolled.compile()(ex, state))
+    for got in (host_leaves(unrolled.compile()(ex, state)), host_leaves(ex.run(state, 50))):
         assert len(got) == len(expected)
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a, b)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import procela_jax as pj
+from conftest import host_leaves
 from procela_jax import _sweep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,15 +44,6 @@ def small(cap=50.0):
         invariants=[pj.SystemInvariant("cap", lambda v: v["X"] < cap, phase=pj.InvariantPhase.POST,
                                        severity=pj.InvariantSeverity.FATAL)],
     )
-
-
-def leaves(state):
-    """Every leaf of a (batched) state as NumPy (keys as their key data)."""
-    def host(x):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            return np.asarray(jax.random.key_data(x))
-        return np.asarray(x)
-    return [host(x) for x in jax.tree.leaves(state)]
 
 
 def close(a, b):
@@ -89,7 +81,7 @@ def test_sir_contract_rows_equal_single_runs():
         for name in ("S", "I", "R"):
             np.testing.assert_array_equal(res.value(name)[i], np.asarray(traj.value(name)))
             np.testing.assert_array_equal(res.confidence(name)[i], np.asarray(traj.confidence(name)))
-        for a, b in zip(leaves(res.final), leaves(state), strict=True):
+        for a, b in zip(host_leaves(res.final), host_leaves(state), strict=True):
             np.testing.assert_array_equal(a[i], b)
         row = res.inputs.row(i)
         assert row["seed"] == 100 + i
@@ -195,7 +187,7 @@ def test_chunks_and_blocks_change_nothing_and_compile_once_per_chunk_shape():
     after = dict(_sweep.TRACES)
     for a, b in zip(jax.tree.leaves(whole.trajectory), jax.tree.leaves(parts.trajectory)):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(leaves(whole.final), leaves(parts.final), strict=True):
+    for a, b in zip(host_leaves(whole.final), host_leaves(parts.final), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(whole.halted, parts.halted)
     # other values, other scenario counts, same chunk shape: no new compile

@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     import procela_jax as pj
     from procela_jax import _sweep
-    from test_sweep import small, leaves
+    from conftest import host_leaves
+    from test_sweep import small
 
     devices = jax.devices()
     assert len(devices) == 8, devices
@@ -34,7 +35,7 @@ SCRIPT = textwrap.dedent(
     _sweep._run_block = spy
 
     def same(a, b):
-        la, lb = leaves(a), leaves(b)
+        la, lb = host_leaves(a), host_leaves(b)
         assert len(la) == len(lb)
         for x, y in zip(la, lb):
             np.testing.assert_array_equal(x, y)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from ._hints import batched, materialize
 from ._layout import Layout
 from ._recovery import FailureLog
 from ._memory import SOURCE_EXTERNAL, SOURCE_NONE, Memory
@@ -262,6 +263,8 @@ def commit_records(state: State, commit, has_value, values, confidences, source,
     values, keep, violated = enforce_domains(layout, commit & has_value, values, state.values, state.stats_)
     numeric = has_value & keep
     violated = violated & commit
+    if batched():  # the statistics' seven fields and the ring buffer read these: lay them out once
+        values, numeric = materialize(values), materialize(numeric)
     dtype = state.values.dtype
     alpha = jnp.asarray(np.asarray(layout.alphas), dtype)
     one_minus = jnp.asarray(np.asarray([1 - a for a in layout.alphas]), dtype)

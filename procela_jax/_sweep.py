@@ -18,6 +18,7 @@ from ._distributed import Placement, addressable_rows, gather_rows, scenario_mes
 from ._errors import ModelError
 from ._executive import Executive, _getter, _run_impl
 from ._hints import batched_trace
+from ._jit import batched_threefry
 from ._save import Save, Trajectory
 from ._state import State
 
@@ -753,8 +754,15 @@ def _init_chunk(ex, key_data, init, mech, init_conf, impl, sharding):
     return jax.lax.with_sharding_constraint(out, sharding)
 
 
-@eqx.filter_jit
 def _run_block(ex, mech, init_conf, state, steps, save, sharding):
+    """``steps`` steps of every row, traced for a batch and compiled with the
+    batched threefry lowering (``_jit.batched_threefry``: the same bits)."""
+    with batched_threefry():
+        return _run_block_jit(ex, mech, init_conf, state, steps, save, sharding)
+
+
+@eqx.filter_jit
+def _run_block_jit(ex, mech, init_conf, state, steps, save, sharding):
     TRACES["block"] += 1
 
     def one(mp, ic, s):

@@ -1,11 +1,16 @@
-"""The engine's jit entry points: threefry lowered unrolled changes speed, never bits."""
+"""The engine's jit entry points: threefry lowered unrolled (single runs) or unrolled and
+fenced (sweeps) changes speed, never bits."""
 
 import contextlib
+import functools
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import procela_jax as pj
 from conftest import host_leaves
@@ -72,3 +77,47 @@ def test_only_concrete_calls_lower_unrolled():
     jax.vmap(under_vmap)(jax.vmap(ex.init)(jax.random.split(jax.random.key(0), 3)))
     jax.grad(under_grad)(0.3)
     assert default == [True, True]
+
+
+def _draws(keys, data):
+    """Every kind of hash a model calls: fold_in, split, bits, uniform, normal."""
+    k = jax.vmap(jax.random.fold_in)(keys, data)
+    a, b = jax.vmap(jax.random.split)(k).T
+    return (jax.random.key_data(k), jax.vmap(lambda x: jax.random.bits(x, (3,)))(a),
+            jax.vmap(jax.random.uniform)(b), jax.vmap(lambda x: jax.random.normal(x, (2,)))(a))
+
+
+@functools.cache
+def _compiled(n: int):
+    """``_draws`` for ``n`` keys compiled with JAX's lowering and with the batched one
+    (two functions, so that the second cannot reuse the first's lowering)."""
+    keys = jax.random.split(jax.random.key(0), n)
+    msgs = jnp.zeros((n,), jnp.uint32)
+    default = jax.jit(lambda k, d: _draws(k, d)).lower(keys, msgs).compile()
+    with _jit.batched_threefry():
+        fenced = jax.jit(lambda k, d: _draws(k, d)).lower(keys, msgs).compile()
+    return default, fenced
+
+
+@settings(max_examples=25, deadline=None)
+@given(seeds=st.lists(st.integers(0, 2**32 - 1), min_size=7, max_size=7), data=st.integers(0, 2**32 - 1))
+def test_batched_threefry_gives_the_bits_of_jax(seeds, data):
+    keys = jax.vmap(jax.random.key)(jnp.asarray(np.asarray(seeds, np.uint32)))
+    msgs = jnp.full((len(seeds),), data, jnp.uint32)
+    default, fenced = _compiled(len(seeds))
+    for g, e in zip(fenced(keys, msgs), default(keys, msgs)):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rolled lowering is the CPU's")
+def test_threefry_swaps_nest_and_restore_the_default():
+    draw = lambda k: jax.random.normal(jax.random.fold_in(k, 3), (4,))  # noqa: E731
+    key = jax.random.key(1)
+    fenced = lambda text: "reduce" in text and "while" not in text  # noqa: E731
+    with _jit.batched_threefry():
+        assert fenced(_hlo(lambda k: draw(k) + 1, key))
+        with _jit.unrolled_threefry():  # the innermost swap holds while it lasts
+            text = _hlo(lambda k: draw(k) + 2, key)
+            assert "while" not in text and not fenced(text)
+        assert fenced(_hlo(lambda k: draw(k) + 3, key))
+    assert "while" in _hlo(lambda k: draw(k) + 4, key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -30,51 +31,49 @@ class Stats(eqx.Module):
     """
 
     count: Array
-    data: Array  # (..., n, 7): sum, sumsq, min, max, last, ewma, confidence_sum
-
-    # one stacked array, so a step updates the statistics in one fused kernel
-    # instead of one per field (tiny kernels dominate a small model's step on CPU)
-    sum = property(lambda self: self.data[..., 0])
-    sumsq = property(lambda self: self.data[..., 1])
-    min = property(lambda self: self.data[..., 2])
-    max = property(lambda self: self.data[..., 3])
-    last = property(lambda self: self.data[..., 4])
-    ewma = property(lambda self: self.data[..., 5])
-    confidence_sum = property(lambda self: self.data[..., 6])
+    sum: Array
+    sumsq: Array
+    min: Array
+    max: Array
+    last: Array
+    ewma: Array
+    confidence_sum: Array
 
     @classmethod
     def empty(cls, n: int, dtype) -> Stats:
-        inf, nan = jnp.inf, jnp.nan
-        row = jnp.asarray([0.0, 0.0, inf, -inf, nan, nan, 0.0], dtype)
-        return cls(count=jnp.zeros((n,), jnp.int32), data=jnp.broadcast_to(row, (n, 7)))
+        full = lambda v: jnp.full((n,), v, dtype)  # noqa: E731
+        return cls(
+            count=jnp.zeros((n,), jnp.int32), sum=full(0.0), sumsq=full(0.0), min=full(jnp.inf),
+            max=full(-jnp.inf), last=full(jnp.nan), ewma=full(jnp.nan), confidence_sum=full(0.0),
+        )
 
     def update(self, commit, numeric, value, confidence, alpha, one_minus_alpha) -> Stats:
         """Commit a record where ``commit``; ``numeric`` marks commits that carry a value
         (the others are the original's ``None`` conclusions: count only)."""
         upd = commit & numeric
         first = ~self.has_value
-        x = jnp.where(upd, value, 0)
+        dtype = self.sum.dtype
+        x = jnp.where(upd, value, 0).astype(dtype)
         # products are kept apart from the sums that consume them (``unfused``), so
         # they round exactly like the original's Python arithmetic
         prev = jnp.where(first, 0, self.ewma)
         ewma = jnp.where(first, x, unfused(alpha * x) + unfused(one_minus_alpha * prev))
-        fields = [
-            self.sum + x,
-            self.sumsq + unfused(x * x),
-            jnp.minimum(self.min, x),
-            jnp.maximum(self.max, x),
-            x,
-            ewma,
-            self.confidence_sum + jnp.asarray(confidence, self.data.dtype),
-        ]
-        new = jnp.stack([jnp.asarray(f, self.data.dtype) for f in fields], axis=-1)
-        return Stats(
-            count=self.count + commit.astype(self.count.dtype),
-            data=jnp.where(upd[..., None], new, self.data),
+        # one array per field: XLA writes them all from one loop, where a stacked
+        # (variables, 7) array was a concatenation that branched on every element
+        new = dict(
+            sum=self.sum + x,
+            sumsq=self.sumsq + unfused(x * x),
+            min=jnp.minimum(self.min, x),
+            max=jnp.maximum(self.max, x),
+            last=x,
+            ewma=ewma,
+            confidence_sum=self.confidence_sum + jnp.asarray(confidence, dtype),
         )
+        kept = {k: jnp.where(upd, jnp.asarray(v, dtype), getattr(self, k)) for k, v in new.items()}
+        return Stats(count=self.count + commit.astype(self.count.dtype), **kept)
 
     def __getitem__(self, i) -> Stats:
-        return Stats(count=self.count[..., i], data=self.data[..., i, :])
+        return jax.tree.map(lambda x: x[..., i], self)
 
     @property
     def has_value(self) -> Array:

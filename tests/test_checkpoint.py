@@ -40,6 +40,23 @@ def test_round_trip_of_a_vmapped_batch(sir, tmp_path):
     assert_same_state(batch, loaded)
 
 
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def test_format_1_files_still_load():
+    # written by the format-1 engine (statistics stacked as (variables, 7)): the SIR
+    # demo after 7 steps from key 3, and two rows from the keys of split(key(4), 2)
+    ex = pj.demos.sir.make_executive()
+    loaded = pj.load_checkpoint(os.path.join(DATA, "sir_seed3_step7_format1.ckpt"), ex)
+    assert_same_state(loaded, ex.run(ex.init(jax.random.key(3)), 7)[0])
+    rows = pj.load_checkpoint(os.path.join(DATA, "sir_2rows_step7_format1.ckpt"), ex)
+    keys = jax.random.split(jax.random.key(4), 2)
+    assert_same_state(rows, jax.vmap(lambda k: ex.run(ex.init(k), 7)[0])(keys))
+    other = pj.Executive(variables=[pj.Variable("S"), pj.Variable("I"), pj.Variable("R")], mechanisms=[])
+    with pytest.raises(pj.CheckpointError, match="different model"):
+        pj.load_checkpoint(os.path.join(DATA, "sir_seed3_step7_format1.ckpt"), other)
+
+
 def test_loading_into_another_model_fails(sir, tmp_path):
     path = pj.save_checkpoint(tmp_path / "sir.ckpt", sir.init(jax.random.key(0)))
     other = pj.Executive(variables=[pj.Variable("S"), pj.Variable("I"), pj.Variable("Q")], mechanisms=[])

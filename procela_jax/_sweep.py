@@ -754,19 +754,34 @@ def _init_chunk(ex, key_data, init, mech, init_conf, impl, sharding):
     return jax.lax.with_sharding_constraint(out, sharding)
 
 
+class _Start(eqx.Module):
+    """The inputs of a chunk's initial states, handed to its first block: initialised
+    inside the block's computation, the leaves every row starts with alike (the
+    step, the active policies, the enabled mechanisms, ...) stay unbatched in the
+    loop as long as no row changes them, instead of being carried once per row."""
+
+    key_data: jax.Array
+    init: dict
+    impl: str = eqx.field(static=True)
+
+
 def _run_block(ex, mech, init_conf, state, steps, save, sharding):
-    """``steps`` steps of every row, traced for a batch and compiled with the
-    batched threefry lowering (``_jit.batched_threefry``: the same bits)."""
+    """``steps`` steps of every row (``state`` a batched State, or a ``_Start``),
+    traced for a batch and compiled with the batched threefry lowering
+    (``_jit.batched_threefry``: the same bits)."""
     with batched_threefry():
         return _run_block_jit(ex, mech, init_conf, state, steps, save, sharding)
 
 
 @eqx.filter_jit
 def _run_block_jit(ex, mech, init_conf, state, steps, save, sharding):
-    TRACES["block"] += 1
+    TRACES["init" if isinstance(state, _Start) else "block"] += 1
 
     def one(mp, ic, s):
-        return _run_impl(_with_params(ex, mp, ic), s, steps, save, False, blocks=False)  # batched rows
+        exi = _with_params(ex, mp, ic)
+        if isinstance(s, _Start):
+            s = exi.init(jax.random.wrap_key_data(s.key_data, impl=s.impl), init=s.init or None)
+        return _run_impl(exi, s, steps, save, False, blocks=False)  # batched rows
 
     with batched_trace():
         out = jax.vmap(one)(mech, init_conf, state)
@@ -860,6 +875,14 @@ class _Runner:
                   {k: put(v) for k, v in self.spec.mech.items()}, {k: put(v) for k, v in self.spec.init_conf.items()})
         return arrays, hi - lo
 
+    def _start(self, c):
+        """``(start, mech, init_conf, real rows)`` of chunk ``c``: ``start`` is what its
+        first block begins from (the initial states themselves when no block runs)."""
+        (kd, iv, mp, ic), real = self._chunk_inputs(c)
+        if self.plan.blocks:
+            return _Start(key_data=kd, init=iv, impl=self.impl), mp, ic, real
+        return _init_chunk(self.ex_rep, kd, iv, mp, ic, self.impl, self.pl.rows), mp, ic, real
+
     def _writer(self, c, time_slice=None):
         """``put(buf, global_array)``: copy this process's real rows of chunk ``c`` into ``buf``."""
         n, C = self.spec.n, self.pl.chunk
@@ -925,8 +948,7 @@ class _Runner:
 
         try:
             for c in range(self.n_chunks):
-                (kd, iv, mp, ic), real = self._chunk_inputs(c)
-                state = _init_chunk(ex, kd, iv, mp, ic, self.impl, pl.rows)
+                state, mp, ic, real = self._start(c)
                 t0 = 0
                 for steps_b, save_b in blocks:
                     state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows)
@@ -986,8 +1008,7 @@ class _Runner:
         self.sums_done = 0
         chunks = []
         for c in range(self.n_chunks):
-            (kd, iv, mp, ic), real = self._chunk_inputs(c)
-            chunks.append([_init_chunk(ex, kd, iv, mp, ic, self.impl, pl.rows), mp, ic, real])
+            chunks.append(list(self._start(c)))
         dev0 = jax.local_devices()[0]
         t0 = 0
         for steps_b, save_b in blocks:

@@ -316,9 +316,10 @@ def sweep(
     Execution: scenarios are cut into chunks of ``C = devices * per_device`` rows
     (the last one padded), each a global array sharded over a 1-D mesh of the
     devices (``NamedSharding`` on the scenario axis). One ``jit`` of
-    ``vmap(init)`` and one of ``vmap(run)`` serve every chunk; the run is traced
-    for a batch (resolved records computed once, ring buffers written by scatter:
-    the same numbers, laid out for thousands of rows). Without summaries
+    ``vmap(init then run)`` serves the first block of every chunk and one of
+    ``vmap(run)`` the later blocks; the run is traced for a batch (resolved
+    records computed once, ring buffers written by scatter, the random-number
+    hash unrolled: the same numbers, laid out for thousands of rows). Without summaries
     the host loops over chunks, then over blocks of steps; with summaries all
     chunks advance block by block and each block's saved values (every scenario)
     are reduced on one device, so the statistics do not depend on the chunking.

@@ -36,7 +36,7 @@ def batched() -> bool:
     return _BATCHED.get()
 
 
-def materialize(x):
+def materialize(*xs):
     """``x`` itself, bit for bit, computed once into a buffer of its own.
 
     XLA duplicates a cheap elementwise producer into every consumer that fuses it,
@@ -45,12 +45,15 @@ def materialize(x):
     times. A reduction is never duplicated that way, so ``x`` goes through one: a
     bitwise OR of its bits with zeros (exact for every value, NaN payloads and
     -0.0 included; an OR reduction is also one XLA leaves to its own loop emitter,
-    which is faster here than a library call for a maximum).
+    which is faster here than a library call for a maximum). Several arrays of
+    one dtype and shape share one buffer, written by one kernel, and come back
+    as a tuple.
     """
-    x = jnp.asarray(x)
+    x = jnp.stack(xs) if len(xs) > 1 else jnp.asarray(xs[0])
     bits = x
     if jnp.issubdtype(x.dtype, jnp.floating):
         bits = lax.bitcast_convert_type(x, jnp.dtype(f"int{8 * x.dtype.itemsize}"))
     planes = jnp.stack([bits, jnp.zeros_like(bits)])  # two contiguous planes: vectorised
     out = lax.reduce(planes, np.zeros((), bits.dtype), lax.bitwise_or, (0,))
-    return lax.bitcast_convert_type(out, x.dtype) if out.dtype != x.dtype else out
+    out = lax.bitcast_convert_type(out, x.dtype) if out.dtype != x.dtype else out
+    return tuple(out) if len(xs) > 1 else out

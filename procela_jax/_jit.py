@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._hints import materialize
+
 #: On the CPU, XLA's older loop emitters compile a large program with many small
 #: branches (such as the AMR case study's governed step, ~7,000 operations) with
 #: a third of the memory of the default fusion emitters: the whole process peaks
@@ -73,22 +75,14 @@ def lean_jit(fun):
 # kernels and recomputes shared rounds per element), so sweeps use a third form:
 # unrolled, with the two words laid out in memory after every four rounds
 # (``_batched_hash``): at 10,000 scenarios the SIR demo's sweep steps 1.4-1.5x
-# faster, the X, Y, Z world's 1.5-1.6x. A swap is process-wide while it lasts: another thread
-# lowering at that moment gets the swapped rule too (the same numbers, compiled
-# differently).
+# faster, the X, Y, Z world's 1.5-1.6x. A swap is process-wide while it lasts:
+# another thread lowering at that moment gets the swapped rule too (the same
+# numbers, compiled differently).
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
 def _rotate_left(x, d: int):
     return lax.shift_left(x, np.uint32(d)) | lax.shift_right_logical(x, np.uint32(32 - d))
-
-
-def _fence(a, b):
-    """``(a, b)`` bit for bit, computed once into one buffer (see ``_hints.materialize``)."""
-    zero = jnp.zeros_like(a)
-    planes = jnp.stack([jnp.stack([a, b]), jnp.stack([zero, zero])])
-    out = lax.reduce(planes, np.zeros((), a.dtype), lax.bitwise_or, (0,))
-    return out[0], out[1]
 
 
 def _batched_hash(k1, k2, x1, x2):
@@ -103,7 +97,7 @@ def _batched_hash(k1, k2, x1, x2):
             b = a ^ _rotate_left(b, r)
         a = a + ks[(i + 1) % 3]
         b = b + ks[(i + 2) % 3] + np.uint32(i + 1)
-        a, b = _fence(a, b)
+        a, b = materialize(a, b)  # one buffer for both words
     return [a, b]
 
 

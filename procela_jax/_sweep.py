@@ -743,18 +743,6 @@ def _with_params(ex: Executive, mech: dict, init_conf: dict) -> Executive:
     return ex
 
 
-@eqx.filter_jit
-def _init_chunk(ex, key_data, init, mech, init_conf, impl, sharding):
-    TRACES["init"] += 1
-
-    def one(kd, iv, mp, ic):
-        exi = _with_params(ex, mp, ic)
-        return exi.init(jax.random.wrap_key_data(kd, impl=impl), init=iv or None)
-
-    out = jax.vmap(one)(key_data, init, mech, init_conf)
-    return jax.lax.with_sharding_constraint(out, sharding)
-
-
 class _Start(eqx.Module):
     """The inputs of a chunk's initial states, handed to its first block: initialised
     inside the block's computation, the leaves every row starts with alike (the
@@ -764,6 +752,18 @@ class _Start(eqx.Module):
     key_data: jax.Array
     init: dict
     impl: str = eqx.field(static=True)
+
+    def state(self, ex: Executive) -> State:
+        """One row's initial state (under ``vmap``)."""
+        return ex.init(jax.random.wrap_key_data(self.key_data, impl=self.impl), init=self.init or None)
+
+
+@eqx.filter_jit
+def _init_chunk(ex, start, mech, init_conf, sharding):
+    """The initial states alone (a sweep of 0 steps)."""
+    TRACES["init"] += 1
+    out = jax.vmap(lambda s, mp, ic: s.state(_with_params(ex, mp, ic)))(start, mech, init_conf)
+    return jax.lax.with_sharding_constraint(out, sharding)
 
 
 def _run_block(ex, mech, init_conf, state, steps, save, sharding):
@@ -781,7 +781,7 @@ def _run_block_jit(ex, mech, init_conf, state, steps, save, sharding):
     def one(mp, ic, s):
         exi = _with_params(ex, mp, ic)
         if isinstance(s, _Start):
-            s = exi.init(jax.random.wrap_key_data(s.key_data, impl=s.impl), init=s.init or None)
+            s = s.state(exi)
         return _run_impl(exi, s, steps, save, False, blocks=False)  # batched rows
 
     with batched_trace():
@@ -880,9 +880,10 @@ class _Runner:
         """``(start, mech, init_conf, real rows)`` of chunk ``c``: ``start`` is what its
         first block begins from (the initial states themselves when no block runs)."""
         (kd, iv, mp, ic), real = self._chunk_inputs(c)
+        start = _Start(key_data=kd, init=iv, impl=self.impl)
         if self.plan.blocks:
-            return _Start(key_data=kd, init=iv, impl=self.impl), mp, ic, real
-        return _init_chunk(self.ex_rep, kd, iv, mp, ic, self.impl, self.pl.rows), mp, ic, real
+            return start, mp, ic, real
+        return _init_chunk(self.ex_rep, start, mp, ic, self.pl.rows), mp, ic, real
 
     def _writer(self, c, time_slice=None):
         """``put(buf, global_array)``: copy this process's real rows of chunk ``c`` into ``buf``."""

@@ -89,6 +89,18 @@ def test_sir_contract_rows_equal_single_runs():
         assert row["params"]["sir.beta"] == pytest.approx(float(betas[i]))
 
 
+def test_a_sweep_of_no_steps_keeps_the_initial_states():
+    ex = pj.demos.sir.make_executive()
+    infected = np.asarray([3.0, 7.0, 11.0])
+    for kw in (dict(), dict(summaries=("mean",))):
+        res = pj.sweep(ex, 0, seeds=[5, 6, 7], init={"I": infected}, params={"sir.beta": [0.2, 0.3, 0.4]}, **kw)
+        assert res.info["block_steps"] == []
+        for i, seed in enumerate((5, 6, 7)):
+            expected = ex.init(jax.random.key(seed), init={"I": float(infected[i])})
+            for a, b in zip(host_leaves(res.final), host_leaves(expected), strict=True):
+                np.testing.assert_array_equal(a[i], b)
+
+
 def test_zipped_lengths_must_agree_and_the_error_names_them():
     ex = pj.demos.sir.make_executive()
     with pytest.raises(pj.ModelError, match=r"seeds: 10.*init\['I'\]: 9.*params\['sir.beta'\]: 10"):

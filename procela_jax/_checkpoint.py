@@ -23,30 +23,7 @@ import numpy as np
 from ._errors import CheckpointError
 
 MAGIC = b"PROCELA_JAX_CHECKPOINT\n"
-#: 2: running statistics as one array per field. 1 (still read): stacked as
-#: ``(..., variables, 7)`` in the order below.
-FORMAT_VERSION = 2
-_FORMAT1_STATS = ("sum", "sumsq", "min", "max", "last", "ewma", "confidence_sum")
-
-
-class Stats(eqx.Module):
-    """Format 1's statistics, as they were laid out (named so that the structure,
-    and so the model fingerprint, of a format-1 file is reproduced)."""
-
-    count: jax.Array
-    data: jax.Array
-
-
-def _as_format1(state):
-    st = state.stats_
-    data = jnp.stack([getattr(st, k) for k in _FORMAT1_STATS], axis=-1)
-    return eqx.tree_at(lambda s: s.stats_, state, Stats(count=st.count, data=data))
-
-
-def _from_format1(state, template):
-    st = state.stats_
-    fields = {k: st.data[..., j] for j, k in enumerate(_FORMAT1_STATS)}
-    return eqx.tree_at(lambda s: s.stats_, state, type(template.stats_)(count=st.count, **fields))
+FORMAT_VERSION = 1
 
 
 def _with_key_data(state):
@@ -164,10 +141,9 @@ def load_checkpoint(path, executive):
     if not sep or not isinstance(header, dict):
         raise CheckpointError(f"{path}: the header is corrupt")
     version = header.get("format_version")
-    if version not in (1, FORMAT_VERSION):
+    if version != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version} is not supported (this is version {FORMAT_VERSION}, "
-            "which also reads version 1)"
+            f"{path}: checkpoint format version {version} is not supported (this is version {FORMAT_VERSION})"
         )
     if len(payload) != header.get("payload_bytes"):
         raise CheckpointError(
@@ -175,8 +151,7 @@ def load_checkpoint(path, executive):
         )
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
         raise CheckpointError(f"{path} is corrupt: its payload checksum does not match")
-    current = _with_key_data(executive.init(jax.random.key(0)))
-    template = _as_format1(current) if version == 1 else current
+    template = _with_key_data(executive.init(jax.random.key(0)))
     if header.get("fingerprint") != _fingerprint(template):
         raise CheckpointError(
             f"{path} was saved from a different model (variables {header.get('variables')}); "
@@ -201,8 +176,6 @@ def load_checkpoint(path, executive):
         loaded = eqx.tree_deserialise_leaves(io.BytesIO(payload), like)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path}: cannot read the leaves ({type(e).__name__}: {e})") from None
-    if version == 1:
-        loaded = _from_format1(loaded, current)
     impl = header.get("key_impl")
     try:
         key = jax.random.wrap_key_data(loaded.key, impl=impl) if impl else jax.random.wrap_key_data(loaded.key)

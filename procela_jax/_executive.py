@@ -844,7 +844,15 @@ def _run_impl(ex: Executive, state: State, steps: int, save: Save | None, remat:
     """The run. ``blocks=False`` writes rows one by one: better when the run is
     batched (rows of many scenarios are large already; see ``_rows_per_block``)."""
     TRACE_COUNT["run"] += 1
+    if not batched():
+        return _run_body(ex, state, steps, save, remat, blocks)
+    # a batch carries its statistics as columns (see Stats); states are stored stacked
+    state = eqx.tree_at(lambda s: s.stats_, state, state.stats_.columns())
+    state, traj = _run_body(ex, state, steps, save, remat, blocks)
+    return eqx.tree_at(lambda s: s.stats_, state, state.stats_.stacked()), traj
 
+
+def _run_body(ex: Executive, state: State, steps: int, save: Save | None, remat: bool, blocks: bool):
     def one(s, _):
         return _advance(ex, s), None
 

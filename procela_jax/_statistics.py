@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
@@ -31,49 +30,72 @@ class Stats(eqx.Module):
     """
 
     count: Array
-    sum: Array
-    sumsq: Array
-    min: Array
-    max: Array
-    last: Array
-    ewma: Array
-    confidence_sum: Array
+    data: Array | tuple  # (..., n, 7): sum, sumsq, min, max, last, ewma, confidence_sum
+
+    # Stored as one stacked array, so a single run's step updates the statistics in
+    # one fused kernel instead of one per field (tiny kernels dominate a small
+    # model's step on CPU). A batched run carries them as seven columns instead
+    # (``columns``): there the stacked update is a concatenation that branches on
+    # every element of every row, and separate columns are written in one loop.
+    sum = property(lambda self: self._field(0))
+    sumsq = property(lambda self: self._field(1))
+    min = property(lambda self: self._field(2))
+    max = property(lambda self: self._field(3))
+    last = property(lambda self: self._field(4))
+    ewma = property(lambda self: self._field(5))
+    confidence_sum = property(lambda self: self._field(6))
+
+    def _field(self, k: int) -> Array:
+        return self.data[k] if isinstance(self.data, tuple) else self.data[..., k]
+
+    def columns(self) -> Stats:
+        """The same statistics with ``data`` as a tuple of seven ``(..., n)`` columns."""
+        if isinstance(self.data, tuple):
+            return self
+        return Stats(count=self.count, data=tuple(self.data[..., k] for k in range(7)))
+
+    def stacked(self) -> Stats:
+        """The same statistics with ``data`` as one ``(..., n, 7)`` array (the stored form)."""
+        if not isinstance(self.data, tuple):
+            return self
+        return Stats(count=self.count, data=jnp.stack(self.data, axis=-1))
 
     @classmethod
     def empty(cls, n: int, dtype) -> Stats:
-        full = lambda v: jnp.full((n,), v, dtype)  # noqa: E731
-        return cls(
-            count=jnp.zeros((n,), jnp.int32), sum=full(0.0), sumsq=full(0.0), min=full(jnp.inf),
-            max=full(-jnp.inf), last=full(jnp.nan), ewma=full(jnp.nan), confidence_sum=full(0.0),
-        )
+        inf, nan = jnp.inf, jnp.nan
+        row = jnp.asarray([0.0, 0.0, inf, -inf, nan, nan, 0.0], dtype)
+        return cls(count=jnp.zeros((n,), jnp.int32), data=jnp.broadcast_to(row, (n, 7)))
 
     def update(self, commit, numeric, value, confidence, alpha, one_minus_alpha) -> Stats:
         """Commit a record where ``commit``; ``numeric`` marks commits that carry a value
         (the others are the original's ``None`` conclusions: count only)."""
         upd = commit & numeric
         first = ~self.has_value
-        dtype = self.sum.dtype
-        x = jnp.where(upd, value, 0).astype(dtype)
+        x = jnp.where(upd, value, 0)
         # products are kept apart from the sums that consume them (``unfused``), so
         # they round exactly like the original's Python arithmetic
         prev = jnp.where(first, 0, self.ewma)
         ewma = jnp.where(first, x, unfused(alpha * x) + unfused(one_minus_alpha * prev))
-        # one array per field: XLA writes them all from one loop, where a stacked
-        # (variables, 7) array was a concatenation that branched on every element
-        new = dict(
-            sum=self.sum + x,
-            sumsq=self.sumsq + unfused(x * x),
-            min=jnp.minimum(self.min, x),
-            max=jnp.maximum(self.max, x),
-            last=x,
-            ewma=ewma,
-            confidence_sum=self.confidence_sum + jnp.asarray(confidence, dtype),
-        )
-        kept = {k: jnp.where(upd, jnp.asarray(v, dtype), getattr(self, k)) for k, v in new.items()}
-        return Stats(count=self.count + commit.astype(self.count.dtype), **kept)
+        fields = [
+            self.sum + x,
+            self.sumsq + unfused(x * x),
+            jnp.minimum(self.min, x),
+            jnp.maximum(self.max, x),
+            x,
+            ewma,
+            self.confidence_sum + jnp.asarray(confidence, self.sum.dtype),
+        ]
+        count = self.count + commit.astype(self.count.dtype)
+        if isinstance(self.data, tuple):
+            return Stats(count=count, data=tuple(jnp.where(upd, jnp.asarray(f, d.dtype), d)
+                                                 for f, d in zip(fields, self.data)))
+        new = jnp.stack([jnp.asarray(f, self.data.dtype) for f in fields], axis=-1)
+        return Stats(count=count, data=jnp.where(upd[..., None], new, self.data))
 
     def __getitem__(self, i) -> Stats:
-        return jax.tree.map(lambda x: x[..., i], self)
+        if isinstance(self.data, tuple):
+            return Stats(count=self.count[..., i], data=tuple(d[..., i] for d in self.data))
+        return Stats(count=self.count[..., i], data=self.data[..., i, :])
 
     @property
     def has_value(self) -> Array:

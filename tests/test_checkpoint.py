@@ -43,9 +43,9 @@ def test_round_trip_of_a_vmapped_batch(sir, tmp_path):
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
-def test_format_1_files_still_load():
-    # written by the format-1 engine (statistics stacked as (variables, 7)): the SIR
-    # demo after 7 steps from key 3, and two rows from the keys of split(key(4), 2)
+def test_files_written_by_an_earlier_version_still_load():
+    # written on 2026-12-07 by the engine of that day (format 1): the SIR demo after
+    # 7 steps from key 3, and two rows from the keys of split(key(4), 2)
     ex = pj.demos.sir.make_executive()
     loaded = pj.load_checkpoint(os.path.join(DATA, "sir_seed3_step7_format1.ckpt"), ex)
     assert_same_state(loaded, ex.run(ex.init(jax.random.key(3)), 7)[0])

@@ -161,3 +161,30 @@ def test_executive_stats_equal_the_original_with_none_steps(x64):
     nan_steps = np.flatnonzero(np.isnan(proposals))
     assert int(state.invalid_proposals[0]) == len(nan_steps)
     assert int(state.invalid_first_step[0]) == nan_steps[0]
+
+
+def test_the_column_form_computes_the_same_statistics():
+    # batched runs carry the statistics as seven columns (Stats.columns); every
+    # field and the restacked state must equal the stored stacked form's
+    rng = np.random.default_rng(3)
+    n, steps = 4, 30
+    values = rng.normal(size=(steps, n)).astype(np.float32)
+    confs = rng.uniform(size=(steps, n)).astype(np.float32)
+    numeric = rng.uniform(size=(steps, n)) > 0.3
+
+    @jax.jit
+    def run(stats):
+        def one(st, x):
+            v, c, num = x
+            st = st.update(jnp.ones((n,), bool), num, v, c, 0.3, 0.7)
+            return st, (st.sum, st.sumsq, st.min, st.max, st.last, st.ewma, st.confidence_sum, st.mean, st.std)
+        return jax.lax.scan(one, stats, (values, confs, numeric))
+
+    empty = pj.Stats.empty(n, jnp.float32)
+    assert isinstance(empty.columns().data, tuple) and empty.columns().stacked().data.shape == (n, 7)
+    final_s, rows_s = run(empty)
+    final_c, rows_c = run(empty.columns())
+    for a, b in zip(rows_s, rows_c, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(final_c.stacked().data), np.asarray(final_s.data))
+    np.testing.assert_array_equal(np.asarray(final_c[2].mean), np.asarray(final_s[2].mean))

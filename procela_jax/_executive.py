@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from ._errors import ModelError
-from ._hints import batched, materialize
+from ._hints import batched, fence, materialize
 from ._invariant import InvariantPhase, InvariantSeverity, InvariantSoftness, SystemInvariant
 from ._jit import unrolled_threefry
 from ._recovery import (
@@ -643,8 +643,7 @@ def _columns(reduce, a):
 
 
 def _step_impl(ex: Executive, state: State, retry=None) -> State:
-    layout, plan = ex.layout, ex.plan
-    n, m = len(layout.variables), len(layout.mechanisms)
+    layout = ex.layout
     guard = any(inv.severity is InvariantSeverity.FATAL for inv in ex.invariants)
     start = state
     t = state.step
@@ -663,6 +662,34 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     # 2. mechanisms propose (each reads the values committed at the previous step)
     pv, pc, pw, prop_active, mech_active = _propose(ex, state, step_key)
     state = eqx.tree_at(lambda s: s.proposed, state, mech_active)
+    # 3. RUNTIME invariants see the pending hypotheses; 4. each variable's active policy resolves
+    resolve = _resolve_by_variable if _by_variable(ex) else _resolve_stacked
+    state, before, (res_v, res_c, has_value, source), audit = resolve(
+        ex, state, before, t, guarded, pv, pc, pw, prop_active)
+    # 5. domain enforcement and commit (every writable variable, even without hypotheses)
+    commit = jnp.asarray(np.asarray(layout.writable, bool))
+    state = commit_records(state, commit, has_value, res_v, res_c, source, record_step=t + 1)
+    if ex.audit:
+        audit["source"] = jnp.where(has_value, source, -3).astype(jnp.int32)
+        state = eqx.tree_at(lambda s: s.audit, state, audit)
+    state = guarded(before, state)
+    # 6. POST invariants, post-step hook, step + 1
+    state = _check_phase(ex, state, InvariantPhase.POST)
+    if ex.post_step is not None:
+        state = guarded(state, _match_types(ex.post_step(state, t), state, "post_step"))
+    state = guarded(state, eqx.tree_at(lambda s: s.step, state, state.step + 1))
+    if guard:
+        state = _tree_where(start.halted, start, state)
+    return state
+
+
+def _resolve_stacked(ex: Executive, state: State, before: State, t, guarded, pv, pc, pw, prop_active):
+    """Steps 2 (the proposals' validity) to 4 of a step, on the hypothesis slots
+    stacked as ``(variables, slots)`` arrays. Returns the state, the state the
+    resolution started from, ``(values, confidences, has_value, source)`` and the
+    slots for the audit."""
+    layout, plan = ex.layout, ex.plan
+    n, m = len(layout.variables), len(layout.mechanisms)
     slot_prop = np.asarray(plan.slot_prop, np.int32).reshape(n, -1)
     width = slot_prop.shape[1]
     dtype = jnp.dtype(ex.dtype)
@@ -744,22 +771,88 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
         )
     if batched():  # one buffer each, read by the commit's large kernels
         res_v, res_c, has_value, source = (materialize(x) for x in (res_v, res_c, has_value, source))
-    # 5. domain enforcement and commit (every writable variable, even without hypotheses)
-    commit = jnp.asarray(np.asarray(layout.writable, bool))
-    state = commit_records(state, commit, has_value, res_v, res_c, source, record_step=t + 1)
-    if ex.audit:
-        audit = dict(values=sv, confidences=sc, weights=sw, mask=smask,
-                     source=jnp.where(has_value, source, -3).astype(jnp.int32))
-        state = eqx.tree_at(lambda s: s.audit, state, audit)
+    audit = dict(values=sv, confidences=sc, weights=sw, mask=smask)
+    return state, before, (res_v, res_c, has_value, source), audit
+
+
+def _by_variable(ex: Executive) -> bool:
+    """Whether a step resolves variable by variable from the proposals as scalars
+    (``_resolve_by_variable``): in a batched trace of a small model without
+    validators or audit, which read the stacked slots."""
+    n, width = len(ex.plan.slot_prop), len(ex.plan.slot_prop[0]) if ex.plan.slot_prop else 0
+    return (batched() and width > 0 and n * width <= _SMALL and not ex.audit
+            and not any(v.validators for v in ex.variables))
+
+
+def _resolve_by_variable(ex: Executive, state: State, before: State, t, guarded, pv, pc, pw, prop_active):
+    """``_resolve_stacked`` for a batched trace, the same results: under ``vmap``
+    each proposal is one column of scenarios, and the resolution runs on those
+    columns, variable by variable (``Policy.resolve_slots``), inside a
+    :func:`fence`, instead of on ``(scenarios, variables, slots)`` arrays, which
+    XLA's CPU kernels walk element by element. No audit."""
+    plan = ex.plan
+    m = len(ex.layout.mechanisms)
+    valid = [jnp.isfinite(v) & jnp.isfinite(c) & (c >= 0) & (c <= 1) & jnp.isfinite(w) & (w >= 0)
+             for v, c, w in zip(pv, pc, pw)]
+    if m:  # invalid proposals of enabled mechanisms, counted per mechanism
+        zero = jnp.zeros((), jnp.int32)
+        cells = [[] for _ in range(m)]
+        for p, mi in enumerate(plan.prop_mech):
+            cells[mi].append((prop_active[p] & ~valid[p]).astype(jnp.int32))
+        counts = state.invalid_proposals + jnp.stack([functools.reduce(operator.add, c, zero) for c in cells])
+        new = counts > state.invalid_proposals
+        first = jnp.where(new & (state.invalid_first_step < 0), t, state.invalid_first_step)
+        state = eqx.tree_at(lambda s: (s.invalid_proposals, s.invalid_first_step), state, (counts, first))
+    pmask = [a & b for a, b in zip(valid, prop_active)]
+    slot_prop = np.asarray(plan.slot_prop, np.int32)
+    dtype = jnp.dtype(ex.dtype)
+    pending = dict(  # stacked only if a RUNTIME invariant reads them
+        values=_take_static(pv, slot_prop, 0, dtype), confidences=_take_static(pc, slot_prop, 0, dtype),
+        weights=_take_static(pw, slot_prop, 0, dtype), mask=_take_static(pmask, slot_prop, False, jnp.bool_),
+        sources=jnp.asarray(np.asarray(plan.slot_mech, np.int32)),
+    )
     state = guarded(before, state)
-    # 6. POST invariants, post-step hook, step + 1
-    state = _check_phase(ex, state, InvariantPhase.POST)
-    if ex.post_step is not None:
-        state = guarded(state, _match_types(ex.post_step(state, t), state, "post_step"))
-    state = guarded(state, eqx.tree_at(lambda s: s.step, state, state.step + 1))
-    if guard:
-        state = _tree_where(start.halted, start, state)
-    return state
+    state = _check_phase(ex, state, InvariantPhase.RUNTIME, pending)
+    before = state
+    resolved = fence(functools.partial(_resolve_variables, ex), state.values, state.confidences,
+                     state.active_policy, pv, pc, pw, pmask)
+    return state, before, resolved, None
+
+
+def _resolve_variables(ex: Executive, values, confidences, active_policy, pv, pc, pw, pmask):
+    """Each variable's ``(value, confidence, has_value, source)`` from the proposals
+    as scalars, resolved from its slots one by one, then stacked (a variable that
+    no mechanism writes keeps its value and confidence, and has none)."""
+    plan = ex.plan
+    dtype = jnp.dtype(ex.dtype)
+    fill, off = jnp.zeros((), dtype), jnp.zeros((), bool)
+    slot = lambda items, p, empty: items[p] if p < len(items) else empty  # noqa: E731
+    policies_of = {i: policies for policies, members in plan.groups for i in members}
+    rv, rc, rhas, rsrc = [], [], [], []
+    for i, row in enumerate(plan.slot_prop):
+        args = ([slot(pv, p, fill) for p in row], [slot(pc, p, fill) for p in row],
+                [slot(pw, p, fill) for p in row], [slot(pmask, p, off) for p in row])
+        if i not in policies_of:
+            rv.append(values[i])
+            rc.append(confidences[i])
+            rhas.append(off)
+            rsrc.append(jnp.asarray(SOURCE_BLEND, jnp.int32))
+            continue
+        outs = [p.resolve_slots(*args) for p in policies_of[i]]
+        if len(outs) == 1:
+            v, c, w = outs[0]
+        else:
+            choice = active_policy[i]
+            pick = lambda j: jnp.select([choice == q for q in range(len(outs))], [o[j] for o in outs])  # noqa: E731
+            v, c, w = pick(0), pick(1), pick(2)
+        source = jnp.asarray(SOURCE_BLEND, jnp.int32)
+        for j, mi in enumerate(plan.slot_mech[i]):
+            source = jnp.where(w == j, mi, source)
+        rv.append(jnp.asarray(v, dtype))
+        rc.append(jnp.asarray(c, dtype))
+        rhas.append(functools.reduce(operator.or_, args[3]))
+        rsrc.append(source)
+    return jnp.stack(rv), jnp.stack(rc), jnp.stack(rhas), jnp.stack(rsrc)
 
 
 def _failure(ex: Executive, before: State, after: State):

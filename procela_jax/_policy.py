@@ -13,6 +13,14 @@ NaN-free on fully masked rows (they are computed and discarded under ``vmap``).
 
 Sums run left to right in slot order (slot order is mechanism order), so ties and
 rounding match the original ``procela`` in float64.
+
+``resolve_slots`` is the same function with the slots given one by one (a sequence
+of arrays per argument). A sweep calls it, one variable at a time: under ``vmap``
+each slot is then one contiguous column of scenarios, which XLA's CPU kernels
+process many at a time, where a ``(scenarios, variables, slots)`` array is walked
+element by element. The built-in policies compute slot by slot in both forms (the
+same operations, the same bits); for others the default stacks the slots and calls
+``resolve``.
 """
 
 from __future__ import annotations
@@ -69,6 +77,19 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
+def _total(xs):
+    """The sum of a sequence of arrays, left to right."""
+    return functools.reduce(lambda a, b: a + b, xs)
+
+
+def _unstack(x):
+    return [x[..., j] for j in range(x.shape[-1])]
+
+
+#: Rows of up to this many slots are resolved slot by slot (``resolve_slots``).
+_NARROW = 64
+
+
 class Policy(eqx.Module):
     """Base class of resolution policies.
 
@@ -90,6 +111,21 @@ class Policy(eqx.Module):
     def resolve(self, values, confidences, weights, mask):
         raise NotImplementedError
 
+    def resolve_slots(self, values, confidences, weights, mask):
+        """``resolve`` with the slots given one by one: each argument is a sequence
+        with one array per slot, all of one shape. The default stacks them along a
+        last axis and calls ``resolve``.
+
+        >>> import jax.numpy as jnp, procela_jax as pj
+        >>> v, c, w = pj.HighestConfidencePolicy().resolve_slots(
+        ...     [jnp.asarray(1.0), jnp.asarray(2.0)], [jnp.asarray(0.5), jnp.asarray(0.9)],
+        ...     [jnp.asarray(1.0)] * 2, [jnp.asarray(True)] * 2)
+        >>> float(v), int(w)
+        (2.0, 1)
+        """
+        stack = lambda xs: jnp.stack(list(xs), axis=-1)  # noqa: E731
+        return self.resolve(stack(values), stack(confidences), stack(weights), stack(mask))
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -109,6 +145,8 @@ class WeightedVotingPolicy(Policy):
     """
 
     def resolve(self, values, confidences, weights, mask):
+        if 0 < values.shape[-1] <= _NARROW:
+            return self.resolve_slots(*map(_unstack, (values, confidences, weights, mask)))
         v, c = _masked(values, mask), _masked(confidences, mask)
         w = _masked(weights, mask)
         # all weights zero: every valid hypothesis weighs 1 (the plain means, exactly:
@@ -118,6 +156,18 @@ class WeightedVotingPolicy(Policy):
         wsum = seqsum(w)
         vw, cw = unfused(v * w), unfused(c * w)
         value, conf = _safe_div(seqsum(vw), wsum), _safe_div(seqsum(cw), wsum)
+        return value, conf, jnp.full(value.shape, -1, jnp.int32)
+
+    def resolve_slots(self, values, confidences, weights, mask):
+        v = [_masked(x, m) for x, m in zip(values, mask)]
+        c = [_masked(x, m) for x, m in zip(confidences, mask)]
+        w = [_masked(x, m) for x, m in zip(weights, mask)]
+        weighted = _total(w) > 0
+        w = [jnp.where(weighted, x, m.astype(x.dtype)) for x, m in zip(w, mask)]
+        wsum = _total(w)
+        vw = [unfused(a * b) for a, b in zip(v, w)]
+        cw = [unfused(a * b) for a, b in zip(c, w)]
+        value, conf = _safe_div(_total(vw), wsum), _safe_div(_total(cw), wsum)
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 
 
@@ -135,6 +185,8 @@ class WeightedConfidencePolicy(Policy):
     """
 
     def resolve(self, values, confidences, weights, mask):
+        if 0 < values.shape[-1] <= _NARROW:
+            return self.resolve_slots(*map(_unstack, (values, confidences, weights, mask)))
         v, c = _masked(values, mask), _masked(confidences, mask)
         n = seqsum(mask.astype(values.dtype))
         csum = seqsum(c)
@@ -142,6 +194,17 @@ class WeightedConfidencePolicy(Policy):
         value = jnp.where(weighted, _safe_div(seqsum(unfused(v * c)), csum), _safe_div(seqsum(v), n))
         conf = jnp.where(weighted, _safe_div(csum, n), 0.0)
         return value, conf.astype(values.dtype), jnp.full(value.shape, -1, jnp.int32)
+
+    def resolve_slots(self, values, confidences, weights, mask):
+        v = [_masked(x, m) for x, m in zip(values, mask)]
+        c = [_masked(x, m) for x, m in zip(confidences, mask)]
+        n = _total([m.astype(x.dtype) for x, m in zip(values, mask)])
+        csum = _total(c)
+        weighted = csum > 0
+        value = jnp.where(weighted, _safe_div(_total([unfused(a * b) for a, b in zip(v, c)]), csum),
+                          _safe_div(_total(v), n))
+        conf = jnp.where(weighted, _safe_div(csum, n), 0.0)
+        return value, conf.astype(jnp.result_type(values[0])), jnp.full(value.shape, -1, jnp.int32)
 
 
 class HighestConfidencePolicy(Policy):
@@ -156,24 +219,29 @@ class HighestConfidencePolicy(Policy):
     """
 
     def resolve(self, values, confidences, weights, mask):
+        if 0 < values.shape[-1] <= _NARROW:
+            return self.resolve_slots(*map(_unstack, (values, confidences, weights, mask)))
         v, c = _masked(values, mask), _masked(confidences, mask)
         rank = jnp.where(mask, c, -1.0)
-        n = rank.shape[-1]
-        if 0 < n <= 64:
-            # a left-to-right scan of the few slots: elementwise, so it fuses with the
-            # rest of the step (argmax and gathers are separate kernels on CPU)
-            best_r, best_v, best_c = rank[..., 0], v[..., 0], c[..., 0]
-            winner = jnp.zeros(rank.shape[:-1], jnp.int32)
-            for j in range(1, n):
-                better = rank[..., j] > best_r  # strict: ties stay with the first slot
-                best_r = jnp.where(better, rank[..., j], best_r)
-                best_v = jnp.where(better, v[..., j], best_v)
-                best_c = jnp.where(better, c[..., j], best_c)
-                winner = jnp.where(better, j, winner)
-            return best_v, best_c, winner
         winner = jnp.argmax(rank, axis=-1)
         take = lambda a: jnp.take_along_axis(a, winner[..., None], -1)[..., 0]
         return take(v), take(c), winner.astype(jnp.int32)
+
+    def resolve_slots(self, values, confidences, weights, mask):
+        # a left-to-right scan of the slots: elementwise, so it fuses with the rest
+        # of the step (argmax and gathers are separate kernels on CPU)
+        v = [_masked(x, m) for x, m in zip(values, mask)]
+        c = [_masked(x, m) for x, m in zip(confidences, mask)]
+        rank = [jnp.where(m, x, -1.0) for x, m in zip(c, mask)]
+        best_r, best_v, best_c = rank[0], v[0], c[0]
+        winner = jnp.zeros(jnp.shape(best_r), jnp.int32)
+        for j in range(1, len(v)):
+            better = rank[j] > best_r  # strict: ties stay with the first slot
+            best_r = jnp.where(better, rank[j], best_r)
+            best_v = jnp.where(better, v[j], best_v)
+            best_c = jnp.where(better, c[j], best_c)
+            winner = jnp.where(better, j, winner)
+        return best_v, best_c, winner
 
 
 class MeanPolicy(Policy):
@@ -187,9 +255,17 @@ class MeanPolicy(Policy):
     """
 
     def resolve(self, values, confidences, weights, mask):
+        if 0 < values.shape[-1] <= _NARROW:
+            return self.resolve_slots(*map(_unstack, (values, confidences, weights, mask)))
         n = seqsum(mask.astype(values.dtype))
         value = _safe_div(seqsum(_masked(values, mask)), n)
         conf = _safe_div(seqsum(_masked(confidences, mask)), n)
+        return value, conf, jnp.full(value.shape, -1, jnp.int32)
+
+    def resolve_slots(self, values, confidences, weights, mask):
+        n = _total([m.astype(x.dtype) for x, m in zip(values, mask)])
+        value = _safe_div(_total([_masked(x, m) for x, m in zip(values, mask)]), n)
+        conf = _safe_div(_total([_masked(x, m) for x, m in zip(confidences, mask)]), n)
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 
 

@@ -108,7 +108,7 @@ class SweepInputs:
 
 
 class SweepResult:
-    """The outcome of :func:`sweep`; every array is a NumPy array on the host.
+    """The outcome of :func:`sweep`; every array is a read-only NumPy array on the host.
 
     - ``value(name)``, ``confidence(name)``, ``field(name, field)``: per-scenario
       trajectories, shape ``(scenarios, saved steps)`` (``trajectory`` holds them
@@ -766,16 +766,17 @@ def _init_chunk(ex, start, mech, init_conf, sharding):
     return jax.lax.with_sharding_constraint(out, sharding)
 
 
-def _run_block(ex, mech, init_conf, state, steps, save, sharding):
+def _run_block(ex, mech, init_conf, state, steps, save, sharding, gate):
     """``steps`` steps of every row (``state`` a batched State, or a ``_Start``),
     traced for a batch and compiled with the batched threefry lowering
-    (``_jit.batched_threefry``: the same bits)."""
+    (``_jit.batched_threefry``: the same bits). ``gate``: a replicated ``True``
+    for ``_hints.fence``, or None."""
     with batched_threefry():
-        return _run_block_jit(ex, mech, init_conf, state, steps, save, sharding)
+        return _run_block_jit(ex, mech, init_conf, state, steps, save, sharding, gate)
 
 
 @eqx.filter_jit
-def _run_block_jit(ex, mech, init_conf, state, steps, save, sharding):
+def _run_block_jit(ex, mech, init_conf, state, steps, save, sharding, gate):
     TRACES["init" if isinstance(state, _Start) else "block"] += 1
 
     def one(mp, ic, s):
@@ -784,7 +785,7 @@ def _run_block_jit(ex, mech, init_conf, state, steps, save, sharding):
             s = s.state(exi)
         return _run_impl(exi, s, steps, save, False, blocks=False)  # batched rows
 
-    with batched_trace():
+    with batched_trace(gate):
         out = jax.vmap(one)(mech, init_conf, state)
     return jax.lax.with_sharding_constraint(out, sharding)
 
@@ -824,6 +825,13 @@ class _HostState:
         for buf, x, impl in zip(self.bufs, leaves, self.impls):
             put(buf, jax.random.key_data(x) if impl else x)
 
+    def adopt(self, state: State, rows: int):
+        """Keep the first ``rows`` rows of ``state``'s own host buffers (one device
+        on the CPU: numpy views, no copy)."""
+        leaves, self.treedef = jax.tree.flatten(state)
+        self.impls = [str(jax.random.key_impl(x)) if _is_key(x) else None for x in leaves]
+        self.bufs = [np.asarray(jax.random.key_data(x) if i else x)[:rows] for x, i in zip(leaves, self.impls)]
+
     def tree(self) -> State | None:
         if self.bufs is None:
             return None
@@ -849,10 +857,17 @@ class _Runner:
         self.n_local = len(self.rows)
         self.impl = spec.inputs.key_impl
         self.ex_rep = jax.tree.map(lambda x: placement.put_replicated(x) if eqx.is_array(x) else x, ex)
+        # fences (_hints.fence) are conditionals on this: on the CPU only, where
+        # they save work; elsewhere a conditional reads its predicate on the host
+        on_cpu = placement.mesh.devices.flat[0].platform == "cpu"
+        self.gate = placement.put_replicated(np.asarray(True)) if on_cpu else None
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=n * steps, unit="step", unit_scale=True, desc="sweep (scenario-steps)",
                         disable=not progress or jax.process_index() != 0, leave=False)
+        # one chunk on one device of one process: its outputs are the results (on the
+        # CPU, numpy views of the device buffers) instead of being copied into them
+        self.adopt = self.n_chunks == 1 and placement.n_devices == 1 and jax.process_count() == 1
         self.done = np.zeros(self.n_local, bool)
         self.final = _HostState(self.n_local) if keep_final else None
         self.halted = np.zeros(self.n_local, bool)
@@ -915,7 +930,9 @@ class _Runner:
 
     def _keep_final(self, c, state):
         put = self._writer(c)
-        if self.final is not None:
+        if self.final is not None and self.adopt:
+            self.final.adopt(state, self.n_local)
+        elif self.final is not None:
             self.final.write(state, put)
         put(self.halted, state.halted)
         put(self.halted_at, state.halted_at)
@@ -953,7 +970,7 @@ class _Runner:
                 state, mp, ic, real = self._start(c)
                 t0 = 0
                 for steps_b, save_b in blocks:
-                    state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows)
+                    state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows, self.gate)
                     if save_b is not None:
                         k = steps_b // save_b.every
                         pending.append((traj, self._copy_traj(c, traj, slice(t0, t0 + k), real * steps_b)))
@@ -973,6 +990,10 @@ class _Runner:
 
     def _copy_traj(self, c, traj, tslice, amount):
         def f():
+            if self.adopt and tslice == slice(0, self.plan.n_saves):  # the whole trajectory at once
+                self.traj = jax.tree.map(lambda x: np.asarray(x)[: self.n_local], traj)
+                self.bar.update(amount)
+                return
             if self.traj is None:
                 self.traj = self._allocate_trajectory(traj)
             put = self._writer(c, tslice)
@@ -1016,7 +1037,7 @@ class _Runner:
         for steps_b, save_b in blocks:
             parts = []
             for ch in chunks:
-                ch[0], traj = _run_block(ex, ch[1], ch[2], ch[0], steps_b, save_b, pl.rows)
+                ch[0], traj = _run_block(ex, ch[1], ch[2], ch[0], steps_b, save_b, pl.rows, self.gate)
                 if save_b is not None:
                     parts.append((traj.data, ch[3]))
             if save_b is not None:
@@ -1060,6 +1081,11 @@ class _Runner:
             summary_names = getattr(self, "summary_names", None)
             trajectory = None
         info = dict(self.info, complete=complete)
+        final = self.final.bufs if self.final is not None else None
+        kept = (trajectory, summaries, final, self.halted, self.halted_at, self.halted_by, self.done)
+        for leaf in jax.tree.leaves(kept):
+            if isinstance(leaf, np.ndarray):
+                leaf.flags.writeable = False  # results, not work space (some are views of device buffers)
         return SweepResult(
             trajectory=trajectory,
             summaries=summaries,

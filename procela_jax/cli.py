@@ -75,7 +75,6 @@ import inspect
 import json
 import os
 import sys
-import tempfile
 import time
 
 import jax

@@ -282,4 +282,4 @@ def test_python_dash_m_runs_and_fails_like_main(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "procela_jax", "run", str(path), "--steps", "5"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1
-    assert bad.stderr.strip().splitlines() == [f"procela-jax: error: walk.npz exists; pass --force to overwrite it"]
+    assert bad.stderr.strip().splitlines() == ["procela-jax: error: walk.npz exists; pass --force to overwrite it"]

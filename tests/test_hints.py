@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 import procela_jax as pj
 from conftest import host_leaves
 from procela_jax._executive import _run_impl
-from procela_jax._hints import batched, batched_trace, materialize
+from procela_jax._hints import batched, batched_trace, fence, materialize
 
 
 def test_batched_trace_is_scoped():
@@ -88,22 +88,40 @@ def test_a_batched_trace_computes_the_same_bits():
 
     def run(hint):
         @eqx.filter_jit
-        def f(ex, s):
+        def f(ex, s, gate):
             def one(s):
                 return _run_impl(ex, s, 24, save, False, blocks=False)
 
-            if hint:
-                with batched_trace():
+            if hint:  # without a gate, fences fall back on materialize
+                with batched_trace(gate if hint == "gated" else None):
                     return jax.vmap(one)(s)
             return jax.vmap(one)(s)
 
-        return f(ex, states)
+        return f(ex, states, jnp.asarray(True))
 
-    plain, hinted = run(False), run(True)
-    # the runs wrapped every ring buffer and wrote them at different positions
-    written = np.asarray(hinted[0].memory.written)
-    assert (written[:, :3] > 16).all() and len(set(written[:, 2])) > 1 and (written[:, 3] == 1).all()
-    a, b = host_leaves(plain), host_leaves(hinted)
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
+    plain = run(None)
+    for hint in ("hinted", "gated"):
+        hinted = run(hint)
+        # the runs wrapped every ring buffer and wrote them at different positions
+        written = np.asarray(hinted[0].memory.written)
+        assert (written[:, :3] > 16).all() and len(set(written[:, 2])) > 1 and (written[:, 3] == 1).all()
+        a, b = host_leaves(plain), host_leaves(hinted)
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_a_fence_is_a_conditional_on_the_gate():
+    """In a gated batched trace a fence is the taken branch of a conditional (nothing
+    fuses across it); elsewhere it is the function itself."""
+
+    def f(x, gate):
+        with batched_trace(gate):
+            return jax.vmap(lambda r: fence(lambda a: (a * 2.0, a > 1.0), r))(x)
+
+    x = jnp.arange(6.0).reshape(3, 2)
+    assert "cond" in str(jax.make_jaxpr(f)(x, jnp.asarray(True)))
+    doubled, big = jax.jit(f)(x, jnp.asarray(True))
+    np.testing.assert_array_equal(doubled, 2 * np.arange(6.0).reshape(3, 2))
+    np.testing.assert_array_equal(big, np.arange(6.0).reshape(3, 2) > 1)
+    assert "cond" not in str(jax.make_jaxpr(lambda a: fence(lambda b: b * 2.0, a))(x))

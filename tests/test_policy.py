@@ -217,6 +217,31 @@ def test_fully_masked_rows_are_nan_free_and_rows_batch(policy_cls):
         assert float(bv[r]) == float(v) and float(bc[r]) == float(c)
 
 
+@pytest.mark.parametrize("policy_cls", list(ORIGINAL) + [pj.MeanPolicy, pj.MedianPolicy, pj.MajorityVotingPolicy],
+                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("width", [1, 2, 5, 70])
+def test_slot_by_slot_is_the_stacked_resolution(policy_cls, width):
+    """``resolve_slots`` (how a sweep resolves) gives ``resolve``'s bits; rows of
+    over 64 slots are resolved stacked, and sums there may round differently."""
+    rng = np.random.default_rng(width)
+    values = rng.integers(0, 4, (3, width)).astype(np.float32) + rng.uniform(0, 1, (3, width)).astype(np.float32)
+    confs = rng.uniform(0, 1, (3, width)).astype(np.float32)
+    weights = rng.uniform(0, 2, (3, width)).astype(np.float32)
+    mask = rng.uniform(size=(3, width)) < 0.7
+    mask[:, 0] = True
+    arrays = [jnp.asarray(a) for a in (values, confs, weights, mask)]
+    policy = policy_cls()
+    stacked = [np.asarray(x) for x in policy.resolve(*arrays)]
+    slots = [np.asarray(x) for x in policy.resolve_slots(*([a[:, j] for j in range(width)] for a in arrays))]
+    for a, b in zip(stacked, slots):
+        assert a.shape == b.shape == (3,) and a.dtype == b.dtype
+        if width <= 64 or a.dtype.kind != "f" or policy_cls in (pj.HighestConfidencePolicy, pj.MedianPolicy,
+                                                                 pj.MajorityVotingPolicy):
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
 # ---- user-defined policies ---------------------------------------------------------
 class Const(pj.Mechanism):
     value: float
@@ -257,6 +282,10 @@ def test_user_defined_policy_through_an_executive(policy, value, conf, source):
     s = ex.step(ex.init(jax.random.key(0)))
     assert float(s.value("X")) == value and float(s.confidence("X")) == pytest.approx(conf)
     assert int(s.recent("X")["source"][-1]) == source
+    # a sweep resolves slot by slot: the default resolve_slots stacks them for resolve
+    res = pj.sweep(ex, 1, seeds=[0, 1])
+    np.testing.assert_array_equal(res.value("X")[:, -1], [value, value])
+    np.testing.assert_array_equal(res.final.memory.source[:, 0, 1], [source, source])
 
 
 def test_not_a_policy_fails_with_the_variable_name():

@@ -202,6 +202,14 @@ def test_chunks_and_blocks_change_nothing_and_compile_once_per_chunk_shape():
     for a, b in zip(host_leaves(whole.final), host_leaves(parts.final), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(whole.halted, parts.halted)
+    # one chunk keeps the device's own buffers, several are copied into host buffers:
+    # both are results, read-only
+    assert whole.info["chunks"] == 1
+    for res in (whole, parts):
+        for a in jax.tree.leaves((res.trajectory, res.halted, res.done)) + host_leaves(res.final):
+            assert isinstance(a, np.ndarray) and not a.flags.writeable
+        with pytest.raises(ValueError, match="read-only"):
+            res.value("X")[0, 0] = 1.0
     # other values, other scenario counts, same chunk shape: no new compile
     again = pj.sweep(ex, steps, seeds=range(7), params={"grow.rate": rates[:7] + 0.01}, chunk_size=8, block_steps=2)
     assert _sweep.TRACES == after

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import threading
 
 import equinox as eqx
@@ -71,13 +72,17 @@ def lean_jit(fun):
 # the kernels XLA's runtime launches (about 400 of 470 in the SIR demo's step):
 # unrolled, a run of the SIR demo takes half the time, with the same bits (the
 # same hash, written out). Under vmap over thousands of scenarios the plain
-# unrolled form is slower than the loop (XLA fuses the twenty rounds into a few
-# kernels and recomputes shared rounds per element), so sweeps use a third form:
-# unrolled, with the two words laid out in memory after every four rounds
-# (``_batched_hash``): at 10,000 scenarios the SIR demo's sweep steps 1.4-1.5x
-# faster, the X, Y, Z world's 1.5-1.6x. A swap is process-wide while it lasts:
-# another thread lowering at that moment gets the swapped rule too (the same
-# numbers, compiled differently).
+# unrolled form is slower than the loop: XLA fuses the twenty rounds into their
+# readers and recomputes them per element of each. Sweeps therefore lower each
+# hash as the taken branch of a conditional (``_branch_hash``), which XLA does not
+# fuse across: the rounds run once, in one elementwise kernel over the whole batch
+# (the SIR demo's sweep at 10,000 scenarios steps 1.3-1.5x faster than with the
+# words laid out after every four rounds, ``_fenced_hash``, and that form 1.4-1.5x
+# faster than the loop). Its predicate reads one key word: on several devices that
+# word would travel to every device for each hash, so a program for several
+# devices gets the fenced form. A swap is process-wide while it lasts: another
+# thread lowering at that moment gets the swapped rule too (the same numbers,
+# compiled differently).
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
@@ -85,8 +90,9 @@ def _rotate_left(x, d: int):
     return lax.shift_left(x, np.uint32(d)) | lax.shift_right_logical(x, np.uint32(32 - d))
 
 
-def _batched_hash(k1, k2, x1, x2):
-    """Threefry-2x32 (20 rounds), unrolled, the two words fenced after every four."""
+def _hash(k1, k2, x1, x2, fence_every: int = 0):
+    """Threefry-2x32 (20 rounds), unrolled; with ``fence_every``, both words are
+    laid out in memory (``materialize``) after every ``fence_every`` rounds."""
     shape = jnp.broadcast_shapes(jnp.shape(k1), jnp.shape(k2), jnp.shape(x1), jnp.shape(x2))
     k1, k2, x1, x2 = (jnp.broadcast_to(a, shape) for a in (k1, k2, x1, x2))
     ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
@@ -97,8 +103,35 @@ def _batched_hash(k1, k2, x1, x2):
             b = a ^ _rotate_left(b, r)
         a = a + ks[(i + 1) % 3]
         b = b + ks[(i + 2) % 3] + np.uint32(i + 1)
-        a, b = materialize(a, b)  # one buffer for both words
-    return [a, b]
+        if fence_every:
+            a, b = materialize(a, b)  # one buffer for both words
+    return a, b
+
+
+def _fenced_hash(k1, k2, x1, x2):
+    return list(_hash(k1, k2, x1, x2, fence_every=4))
+
+
+def _branch_hash(k1, k2, x1, x2):
+    """The hash as the taken branch of a conditional: XLA fuses nothing across it,
+    so the twenty rounds run once, in one elementwise kernel over whole columns."""
+    shape = jnp.broadcast_shapes(jnp.shape(k1), jnp.shape(k2), jnp.shape(x1), jnp.shape(x2))
+    if not math.prod(shape):
+        return list(_hash(k1, k2, x1, x2))
+    probe = jnp.ravel(k1)[0]
+    taken = probe != probe + np.uint32(1)  # always True; the compiler does not know it
+    zeros = lambda *_: (jnp.zeros(shape, jnp.uint32),) * 2  # noqa: E731
+    return list(lax.cond(taken, _hash, zeros, k1, k2, x1, x2))
+
+
+def _batched_rule(branch, fenced):
+    def rule(ctx, *args, **params):
+        # the branch form reads one element of the keys for its predicate: on several
+        # devices that element would be broadcast to all of them for every hash
+        one_device = getattr(ctx.module_context.axis_context, "num_devices", None) == 1
+        return (branch if one_device else fenced)(ctx, *args, **params)
+
+    return rule
 
 
 try:  # private to JAX: if it moves, the default lowering stays (same numbers)
@@ -109,7 +142,11 @@ try:  # private to JAX: if it moves, the default lowering stays (same numbers)
     _CPU_RULES = _mlir._platform_specific_lowerings["cpu"]
     _UNROLLED = _mlir._lowerings[_PRIM]  # the rule of the other platforms
     _ROLLED = _CPU_RULES[_PRIM]
-    _BATCHED = _mlir.LoweringRuleEntry(rule=_mlir.lower_fun(_batched_hash, multiple_results=True), inline=True)
+    _BATCHED = _mlir.LoweringRuleEntry(
+        rule=_batched_rule(_mlir.lower_fun(_branch_hash, multiple_results=True),
+                           _mlir.lower_fun(_fenced_hash, multiple_results=True)),
+        inline=True,
+    )
 except (ImportError, AttributeError, KeyError, TypeError):  # pragma: no cover
     _UNROLLED = _BATCHED = None
 
@@ -147,8 +184,8 @@ def unrolled_threefry():
 
 
 def batched_threefry():
-    """Lower threefry for large batches (unrolled, fenced) while the enclosed code
-    traces and compiles: the same bits as JAX's lowering.
+    """Lower threefry for large batches (unrolled, in a branch of its own) while the
+    enclosed code traces and compiles: the same bits as JAX's lowering.
 
     >>> import jax
     >>> keys = jax.random.split(jax.random.key(2), 3)

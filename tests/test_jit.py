@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 import procela_jax as pj
 from conftest import host_leaves
@@ -109,11 +110,26 @@ def test_batched_threefry_gives_the_bits_of_jax(seeds, data):
         np.testing.assert_array_equal(np.asarray(g), np.asarray(e))
 
 
+@settings(max_examples=25, deadline=None)
+@given(words=hnp.arrays(np.uint32, st.sampled_from([(1,), (5,), (2, 3)]), elements=st.integers(0, 2**32 - 1)),
+       seed=st.integers(0, 2**32 - 1))
+def test_each_batched_form_of_the_hash_is_threefry(words, seed):
+    """The branch form (one device) and the fenced form (several) are JAX's hash."""
+    k1 = jnp.full(words.shape, seed, jnp.uint32)
+    k2 = jnp.asarray(words[::-1].copy() if words.ndim == 1 else words.T.reshape(words.shape))
+    x1, x2 = jnp.asarray(words), jnp.asarray(words ^ np.uint32(0x9E3779B9))
+    want = [np.asarray(a) for a in jax.jit(lambda *a: _jit._PRIM.bind(*a))(k1, k2, x1, x2)]
+    for form in (_jit._branch_hash, _jit._fenced_hash):
+        got = jax.jit(form)(k1, k2, x1, x2)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(np.asarray(g), w)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rolled lowering is the CPU's")
 def test_threefry_swaps_nest_and_restore_the_default():
     draw = lambda k: jax.random.normal(jax.random.fold_in(k, 3), (4,))  # noqa: E731
     key = jax.random.key(1)
-    fenced = lambda text: "reduce" in text and "while" not in text  # noqa: E731
+    fenced = lambda text: "stablehlo.case" in text and "while" not in text  # noqa: E731 (the branch form)
     with _jit.batched_threefry():
         assert fenced(_hlo(lambda k: draw(k) + 1, key))
         with _jit.unrolled_threefry():  # the innermost swap holds while it lasts

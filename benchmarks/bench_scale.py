@@ -9,10 +9,11 @@
    same ``vmap`` (same state: values, confidences, statistics, a 16-record memory;
    and a "bare" variant keeping only what the dynamics need), and against the
    original ``procela`` running the scenarios one after another (a few runs,
-   extrapolated). Sweeps lower JAX's threefry hash unrolled and fenced
+   extrapolated). Sweeps lower JAX's threefry hash their own way
    (``_jit.batched_threefry``, the same bits); the hand-written JAX keeps JAX's
-   default lowering, and is also timed with the sweep's (column ``hand*``). The hand-written versions reproduce the engine's trajectories
-   (checked here before timing).
+   default lowering, and is also timed with the sweep's (column ``hand*``). The
+   hand-written versions reproduce the engine's trajectories (checked here
+   before timing).
 2. Compile time against model size: 10, 100 and 1,000 variables, two mechanisms
    each writing every variable.
 3. Peak host memory (a fresh process per point, ``ru_maxrss``) against scenarios

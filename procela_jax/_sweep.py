@@ -317,10 +317,12 @@ def sweep(
     (the last one padded), each a global array sharded over a 1-D mesh of the
     devices (``NamedSharding`` on the scenario axis). One ``jit`` of
     ``vmap(init then run)`` serves the first block of every chunk and one of
-    ``vmap(run)`` the later blocks; the run is traced for a batch (resolved
-    records computed once, ring buffers written by scatter, the random-number
-    hash unrolled: the same numbers, laid out for thousands of rows). Without summaries
-    the host loops over chunks, then over blocks of steps; with summaries all
+    ``vmap(run)`` the later blocks; the run is traced for a batch (each variable
+    resolved from its proposals one by one, the resolution and each random-number
+    hash computed once, in a branch of their own, ring buffers written by scatter:
+    the same numbers, laid out for thousands of rows). Without summaries the host
+    loops over chunks, then over blocks of steps (the results of a single chunk on
+    a single device are its output buffers themselves); with summaries all
     chunks advance block by block and each block's saved values (every scenario)
     are reduced on one device, so the statistics do not depend on the chunking.
     Several processes: each feeds and keeps the rows on its own devices

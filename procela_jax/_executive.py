@@ -683,6 +683,27 @@ def _step_impl(ex: Executive, state: State, retry=None) -> State:
     return state
 
 
+def _valid(values, confidences, weights):
+    """Which proposals are hypotheses: finite, confidence in [0, 1], weight >= 0."""
+    return (jnp.isfinite(values) & jnp.isfinite(confidences) & (confidences >= 0) & (confidences <= 1)
+            & jnp.isfinite(weights) & (weights >= 0))
+
+
+def _count_invalid(state: State, t, per_mech) -> State:
+    """Add each mechanism's invalid proposals of this step to its counters."""
+    counts = state.invalid_proposals + per_mech
+    new = counts > state.invalid_proposals  # (per_mech is not kept: one kernel less)
+    first = jnp.where(new & (state.invalid_first_step < 0), t, state.invalid_first_step)
+    return eqx.tree_at(lambda s: (s.invalid_proposals, s.invalid_first_step), state, (counts, first))
+
+
+def _active_policy_result(outs, choice):
+    """``(value, confidence, winner)`` of the policy ``choice`` indexes in ``outs``."""
+    if len(outs) == 1:
+        return outs[0]
+    return tuple(jnp.select([choice == q for q in range(len(outs))], [o[j] for o in outs]) for j in range(3))
+
+
 def _resolve_stacked(ex: Executive, state: State, before: State, t, guarded, pv, pc, pw, prop_active):
     """Steps 2 (the proposals' validity) to 4 of a step, on the hypothesis slots
     stacked as ``(variables, slots)`` arrays. Returns the state, the state the
@@ -701,7 +722,7 @@ def _resolve_stacked(ex: Executive, state: State, before: State, t, guarded, pv,
     else:
         sv = sc = sw = jnp.zeros((n, 0), dtype)
         sactive = jnp.zeros((n, 0), bool)
-    valid = jnp.isfinite(sv) & jnp.isfinite(sc) & (sc >= 0) & (sc <= 1) & jnp.isfinite(sw) & (sw >= 0)
+    valid = _valid(sv, sc, sw)
     smask = valid & sactive
     if batched():  # every policy and counter reads the slots: lay them out once
         sv, sc, smask = materialize(sv), materialize(sc), materialize(smask)
@@ -720,10 +741,7 @@ def _resolve_stacked(ex: Executive, state: State, before: State, t, guarded, pv,
             per_mech = jax.ops.segment_sum(
                 jnp.where(flat >= 0, bad.reshape(-1), 0), np.where(flat >= 0, flat, 0), m
             )
-        counts = state.invalid_proposals + per_mech
-        new = counts > state.invalid_proposals  # (per_mech is not kept: one kernel less)
-        first = jnp.where(new & (state.invalid_first_step < 0), t, state.invalid_first_step)
-        state = eqx.tree_at(lambda s: (s.invalid_proposals, s.invalid_first_step), state, (counts, first))
+        state = _count_invalid(state, t, per_mech)
     if width and any(v.validators for v in ex.variables):
         smask = apply_validators(ex.variables, sv, sc, smask)
     slot_mech = np.asarray(plan.slot_mech, np.int32).reshape(n, width)
@@ -741,12 +759,7 @@ def _resolve_stacked(ex: Executive, state: State, before: State, t, guarded, pv,
         idx = slice(None) if whole else np.asarray(members)
         gv, gc, gw, gm = sv[idx], sc[idx], sw[idx], smask[idx]
         outs = [p.resolve(gv, gc, gw, gm) for p in policies]
-        if len(outs) == 1:
-            v, c, w = outs[0]
-        else:
-            choice = state.active_policy[idx]
-            pick = lambda j: jnp.select([choice == q for q in range(len(outs))], [o[j] for o in outs])
-            v, c, w = pick(0), pick(1), pick(2)
+        v, c, w = _active_policy_result(outs, state.active_policy[idx])
         if whole:
             res_v, res_c = jnp.asarray(v, res_v.dtype), jnp.asarray(c, res_c.dtype)
             winner = jnp.asarray(w, jnp.int32)
@@ -800,17 +813,13 @@ def _resolve_by_variable(ex: Executive, state: State, before: State, t, guarded,
     XLA's CPU kernels walk element by element. No audit."""
     plan = ex.plan
     m = len(ex.layout.mechanisms)
-    valid = [jnp.isfinite(v) & jnp.isfinite(c) & (c >= 0) & (c <= 1) & jnp.isfinite(w) & (w >= 0)
-             for v, c, w in zip(pv, pc, pw)]
+    valid = [_valid(v, c, w) for v, c, w in zip(pv, pc, pw)]
     if m:  # invalid proposals of enabled mechanisms, counted per mechanism
         zero = jnp.zeros((), jnp.int32)
         cells = [[] for _ in range(m)]
         for p, mi in enumerate(plan.prop_mech):
             cells[mi].append((prop_active[p] & ~valid[p]).astype(jnp.int32))
-        counts = state.invalid_proposals + jnp.stack([functools.reduce(operator.add, c, zero) for c in cells])
-        new = counts > state.invalid_proposals
-        first = jnp.where(new & (state.invalid_first_step < 0), t, state.invalid_first_step)
-        state = eqx.tree_at(lambda s: (s.invalid_proposals, s.invalid_first_step), state, (counts, first))
+        state = _count_invalid(state, t, jnp.stack([functools.reduce(operator.add, c, zero) for c in cells]))
     pmask = [a & b for a, b in zip(valid, prop_active)]
     slot_prop = np.asarray(plan.slot_prop, np.int32)
     dtype = jnp.dtype(ex.dtype)
@@ -846,13 +855,7 @@ def _resolve_variables(ex: Executive, values, confidences, active_policy, pv, pc
             rhas.append(off)
             rsrc.append(jnp.asarray(SOURCE_BLEND, jnp.int32))
             continue
-        outs = [p.resolve_slots(*args) for p in policies_of[i]]
-        if len(outs) == 1:
-            v, c, w = outs[0]
-        else:
-            choice = active_policy[i]
-            pick = lambda j: jnp.select([choice == q for q in range(len(outs))], [o[j] for o in outs])  # noqa: E731
-            v, c, w = pick(0), pick(1), pick(2)
+        v, c, w = _active_policy_result([p.resolve_slots(*args) for p in policies_of[i]], active_policy[i])
         source = jnp.asarray(SOURCE_BLEND, jnp.int32)
         for j, mi in enumerate(plan.slot_mech[i]):
             source = jnp.where(w == j, mi, source)

@@ -89,6 +89,66 @@ def test_sir_contract_rows_equal_single_runs():
         assert row["params"]["sir.beta"] == pytest.approx(float(betas[i]))
 
 
+class Spiky(pj.Mechanism):
+    """Proposes for both variables; now and then a NaN (an invalid hypothesis)."""
+
+    def transform(self, values, key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x = values["X"] + jax.random.normal(k1)
+        x = jnp.where(jax.random.uniform(k3) < 0.15, jnp.nan, x)
+        return {"X": pj.VariableRecord(x, confidence=jax.random.uniform(k2)),
+                "Y": pj.VariableRecord(values["Y"] + 1.0, confidence=0.5)}
+
+
+def governed():
+    """A RUNTIME invariant that reads the pending hypotheses and switches X's policy
+    where they disagree widely (in some scenarios only), invalid proposals, a FATAL cap."""
+    X = pj.Variable("X", pj.RangeDomain(-1e6, 1e6), init=1.0, alternatives=(pj.HighestConfidencePolicy(),))
+    Y = pj.Variable("Y", pj.RealDomain(), init=0.0, policy=pj.MeanPolicy())
+
+    def agree(view):
+        p = view.pending("X")
+        spread = jnp.abs(p["values"][0] - p["values"][1])
+        return ~(p["mask"][0] & p["mask"][1]) | (spread < 2.5)
+
+    def switch(state, view):
+        return state.set_policy("X", pj.HighestConfidencePolicy)
+
+    return pj.Executive(
+        variables=[X, Y],
+        mechanisms=[Grow(reads=[X], writes=[X], name="grow"), Spiky(reads=[X, Y], writes=[X, Y], name="spiky")],
+        invariants=[
+            pj.SystemInvariant("agree", agree, phase=pj.InvariantPhase.RUNTIME,
+                               severity=pj.InvariantSeverity.WARNING, on_violation=switch),
+            pj.SystemInvariant("cap", lambda v: v["X"] < 40.0, phase=pj.InvariantPhase.POST,
+                               severity=pj.InvariantSeverity.FATAL),
+        ],
+    )
+
+
+def test_governed_rows_equal_single_runs():
+    """Resolution variable by variable (a batched step) keeps what governance sees
+    and does: pending hypotheses, per-row policy switches, invalid-proposal
+    counters, halting."""
+    ex = governed()
+    n, steps = 10, 30
+    rates = np.linspace(0.0, 0.2, n)
+    res = pj.sweep(ex, steps, seeds=range(n), params={"grow.rate": rates})
+    policies = np.asarray(res.final.active_policy)[:, 0]
+    assert 0 < policies.sum() < n  # some scenarios switched, others did not
+    assert res.halted.any() and not res.halted.all()
+    assert (np.asarray(res.final.invalid_proposals)[:, 1] > 0).all()
+    for i in range(n):
+        state, traj = single(ex, i, steps, {"grow.rate": rates[i]})
+        for name in ("X", "Y"):
+            close(res.value(name)[i], np.asarray(traj.value(name)))
+        for a, b in zip(host_leaves(res.final), host_leaves(state), strict=True):
+            if a.dtype.kind == "f":
+                close(a[i], b)
+            else:
+                np.testing.assert_array_equal(a[i], b)
+
+
 def test_a_sweep_of_no_steps_keeps_the_initial_states():
     ex = pj.demos.sir.make_executive()
     infected = np.asarray([3.0, 7.0, 11.0])

@@ -815,24 +815,24 @@ class _HostState:
         self.n_local = n_local
         self.bufs = None
 
+    def _leaves(self, state: State) -> list:
+        """``state``'s leaves, typed keys as their key data (their implementations and
+        the tree structure are noted)."""
+        leaves, self.treedef = jax.tree.flatten(state)
+        self.impls = [str(jax.random.key_impl(x)) if _is_key(x) else None for x in leaves]
+        return [jax.random.key_data(x) if i else x for x, i in zip(leaves, self.impls)]
+
     def write(self, state: State, put):
-        leaves, treedef = jax.tree.flatten(state)
+        leaves = self._leaves(state)
         if self.bufs is None:
-            self.treedef = treedef
-            self.impls = [str(jax.random.key_impl(x)) if _is_key(x) else None for x in leaves]
-            self.bufs = []
-            for x in leaves:
-                x = jax.random.key_data(x) if _is_key(x) else x
-                self.bufs.append(np.zeros((self.n_local, *x.shape[1:]), x.dtype))
-        for buf, x, impl in zip(self.bufs, leaves, self.impls):
-            put(buf, jax.random.key_data(x) if impl else x)
+            self.bufs = [np.zeros((self.n_local, *x.shape[1:]), x.dtype) for x in leaves]
+        for buf, x in zip(self.bufs, leaves):
+            put(buf, x)
 
     def adopt(self, state: State, rows: int):
         """Keep the first ``rows`` rows of ``state``'s own host buffers (one device
         on the CPU: numpy views, no copy)."""
-        leaves, self.treedef = jax.tree.flatten(state)
-        self.impls = [str(jax.random.key_impl(x)) if _is_key(x) else None for x in leaves]
-        self.bufs = [np.asarray(jax.random.key_data(x) if i else x)[:rows] for x, i in zip(leaves, self.impls)]
+        self.bufs = [np.asarray(x)[:rows] for x in self._leaves(state)]
 
     def tree(self) -> State | None:
         if self.bufs is None:

@@ -51,7 +51,7 @@ import numpy as np
 
 import _worlds as W  # the worlds bench_scale measures too (executives, the original's versions)
 import procela_jax as pj
-from procela_jax import _executive
+from procela_jax import _step
 
 
 fold_id = W._id  # a mechanism's stable id, as the engine folds it into the step key
@@ -196,7 +196,7 @@ def bench_model(name, build_ex, build_plain, build_original, steps, original_ste
     run_plain = lambda: jax.block_until_ready(plain(key))
     plain_first_s, (pv, pc) = timed(run_plain)
     # for reference: the hand-written model with procela_jax's blocked row writes
-    plain_blocked = build_plain(steps, block=_executive._rows_per_block(ex, state, np.arange(len(pv[0])), pj.Save(), steps))
+    plain_blocked = build_plain(steps, block=_step.rows_per_block(ex, state, np.arange(len(pv[0])), pj.Save(), steps))
     run_blocked = lambda: jax.block_until_ready(plain_blocked(key))
     bv, _ = run_blocked()
     assert np.array_equal(np.asarray(bv), np.asarray(pv), equal_nan=True)

@@ -38,6 +38,8 @@ from ._invariant import (
     SystemInvariant as SystemInvariant,
 )
 from ._mechanism import Mechanism as Mechanism
+from ._paths import Parameter as Parameter, parameter as parameter
+from ._plan import TracePlan as TracePlan, choose_plan as choose_plan
 from ._memory import (
     SOURCE_BLEND as SOURCE_BLEND,
     SOURCE_EXTERNAL as SOURCE_EXTERNAL,

@@ -25,7 +25,10 @@ import numpy as np
 
 from ._domain import RangeDomain
 from ._errors import ModelError
-from ._executive import Executive, _getter, _run_jit, _setter
+from ._executive import Executive
+from ._paths import parameter
+from ._plan import choose_plan
+from ._step import run_jit
 from ._mechanism import BASE_FIELDS
 from ._save import Save
 
@@ -44,12 +47,12 @@ class _Param:
 
     def get(self, ex: Executive):
         if self.path is None:
-            return _getter(ex, self.name)(ex)
+            return parameter(ex, self.name).get(ex)
         return _follow(ex, self.path)
 
     def set(self, ex: Executive, value) -> Executive:
         if self.path is None:
-            return _setter(ex, self.name)(ex, value)
+            return parameter(ex, self.name).set(ex, value)
         return eqx.tree_at(lambda e: _follow(e, self.path), ex, value)
 
 
@@ -200,10 +203,9 @@ def _resolve_params(ex: Executive, params, bounds) -> list[_Param]:
                 raise ModelError(f"calibrate: parameter {path!r} is listed twice")
             seen.add(path)
             try:
-                get = _getter(ex, path)
+                leaf = parameter(ex, path).get(ex)
             except ModelError as e:
                 raise ModelError(f"calibrate: {e}") from None
-            leaf = get(ex)
             if not eqx.is_inexact_array(leaf):
                 raise ModelError(
                     f"calibrate: parameter {path!r} is {type(leaf).__name__} {leaf!r}, not a float "
@@ -302,7 +304,8 @@ def _run(ex: Executive, state, steps: int, save: Save, remat: bool):
     """``ex.run`` with rows written one by one: differentiated, the blocks that make a
     forward run faster cost more in the backward pass (bench_calibrate: 10.3 ms
     against 7.9 ms per value and gradient)."""
-    return _run_jit(ex, state, int(steps), save, remat, False)
+    plan = choose_plan(ex, traced=True).replace(block_rows=False)
+    return run_jit(ex, state, int(steps), save, remat, plan)
 
 
 def _simulate(ex: Executive, key, steps: int, names, remat: bool, segment: int | None = None):

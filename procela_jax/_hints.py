@@ -6,57 +6,26 @@ that fuse into few kernels (masked blends instead of scatters, column-by-column
 reductions). Traced for a batch of thousands of scenarios (``sweep``), every kernel
 is large and the opposite holds: a masked blend rewrites a whole ring buffer per
 record, and XLA recomputes the fused resolution chain once per element of each
-large consumer. :func:`batched` marks such a trace; :func:`fence` and
-:func:`materialize` lay out what such a trace computes once for many readers.
+large consumer. :func:`fence` and :func:`materialize` lay out what such a
+trace computes once for many readers; the trace plan (``_plan``) says where.
 """
 
 from __future__ import annotations
-
-import contextlib
-import contextvars
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-_BATCHED = contextvars.ContextVar("procela_jax_batched", default=(False, None))
+def fence(gate, fn, *args):
+    """``fn(*args)``, as the taken branch of a conditional on ``gate``.
 
-
-@contextlib.contextmanager
-def batched_trace(gate=None):
-    """Trace the enclosed code for a large batch of scenarios (``vmap``).
-
-    ``gate``: a boolean scalar that is ``True`` at run time, traced (an argument of
-    the jitted function, the same for every scenario), for :func:`fence`.
+    ``gate`` is a boolean scalar that is ``True`` at run time, traced (an argument
+    of the jitted function, the same for every scenario). XLA fuses nothing across
+    a conditional, so the kernels inside see ``fn``'s own arrays (whole columns of
+    scenarios when ``fn`` works on scalars of each scenario) and its readers
+    outside read its buffers.
     """
-    token = _BATCHED.set((True, gate))
-    try:
-        yield
-    finally:
-        _BATCHED.reset(token)
-
-
-def batched() -> bool:
-    """Whether the current trace is for a large batch of scenarios."""
-    return _BATCHED.get()[0]
-
-
-def fence(fn, *args):
-    """``fn(*args)``, each output computed once into a buffer of its own.
-
-    In a batched trace with a gate, ``fn`` runs as the taken branch of a
-    conditional on the gate: XLA fuses nothing across a conditional, so the kernels
-    inside see ``fn``'s own arrays (whole columns of scenarios when ``fn`` works
-    on scalars of each scenario) and its readers outside read its buffers. Without
-    a gate each output goes through :func:`materialize`; outside a batched trace
-    it is ``fn(*args)``.
-    """
-    on, gate = _BATCHED.get()
-    if not on:
-        return fn(*args)
-    if gate is None:
-        return jax.tree.map(materialize, fn(*args))
     shapes = jax.eval_shape(fn, *args)
     zeros = lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # noqa: E731
     return lax.cond(gate, fn, zeros, *args)

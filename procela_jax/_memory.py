@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from ._hints import batched
 
 #: ``source`` codes of a record that no single mechanism decided.
 SOURCE_BLEND = -1  # a policy combined several hypotheses
@@ -47,7 +46,10 @@ class Memory(eqx.Module):
             capacity=tuple(capacity),
         )
 
-    def push(self, commit, value, confidence, step, source) -> Memory:
+    def push(self, commit, value, confidence, step, source, *, scatter: bool = False) -> Memory:
+        """Append one record per variable where ``commit``. ``scatter``: write one
+        entry per variable (large or batched buffers) instead of a masked blend of
+        the whole buffer (small ones: one fused loop). The same records either way."""
         n = len(self.capacity)
         # unsigned: ``written`` is never negative, and a power-of-two capacity
         # then makes the slot a bit mask (the blend below recomputes it per entry)
@@ -57,7 +59,7 @@ class Memory(eqx.Module):
         width = self.records.shape[-2]
         records = jnp.stack([value, jnp.asarray(confidence, value.dtype)], axis=-1)
         tags = jnp.stack([jnp.broadcast_to(step, (n,)).astype(jnp.int32), source.astype(jnp.int32)], axis=-1)
-        if n * width <= 1 << 16 and not batched():
+        if not scatter:
             # small buffers: a masked blend fuses into one loop (faster than a scatter)
             hit = (jnp.arange(width)[None, :] == slot[:, None]) & commit[:, None]
 

@@ -77,6 +77,29 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
 
 
+def _halves_mean(a, b):
+    """``(a + b) / 2``, and ``a / 2 + b / 2`` where the sum alone overflows (the
+    same bits wherever it does not)."""
+    m = (a + b) / 2
+    return jnp.where(jnp.isfinite(m) | ~(jnp.isfinite(a) & jnp.isfinite(b)), m, a / 2 + b / 2)
+
+
+def _weighted_mean(total, v, w, wsum):
+    """``total(v * w) / wsum``. Where the sum of products overflows although every
+    value is finite, the values are first scaled by a power of two (exact) that
+    brings the largest below 1, and the mean scaled back: a weighted mean never
+    exceeds its largest value. Elsewhere nothing changes, bit for bit."""
+    value = _safe_div(total([unfused(a * b) for a, b in zip(v, w)]), wsum)
+    big = functools.reduce(jnp.maximum, [jnp.abs(a) for a in v])
+    over = ~jnp.isfinite(value) & jnp.isfinite(big)
+    _, e = jnp.frexp(jnp.where(over, big, 1))
+    # two factors, each a normal number (one 2**-e could be subnormal, flushed to 0)
+    one = jnp.ones_like(big)
+    lo, hi = jnp.ldexp(one, -(e // 2)), jnp.ldexp(one, -(e - e // 2))
+    scaled = _safe_div(total([unfused(a * lo * hi * b) for a, b in zip(v, w)]), wsum)
+    return jnp.where(over, scaled / lo / hi, value)
+
+
 def _total(xs):
     """The sum of a sequence of arrays, left to right."""
     return functools.reduce(lambda a, b: a + b, xs)
@@ -154,8 +177,9 @@ class WeightedVotingPolicy(Policy):
         weighted = seqsum(w) > 0
         w = jnp.where(weighted[..., None], w, mask.astype(values.dtype))
         wsum = seqsum(w)
-        vw, cw = unfused(v * w), unfused(c * w)
-        value, conf = _safe_div(seqsum(vw), wsum), _safe_div(seqsum(cw), wsum)
+        cw = unfused(c * w)
+        value = _weighted_mean(lambda xs: seqsum(jnp.stack(xs, -1)), _unstack(v), _unstack(w), wsum)
+        conf = _safe_div(seqsum(cw), wsum)
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 
     def resolve_slots(self, values, confidences, weights, mask):
@@ -165,9 +189,8 @@ class WeightedVotingPolicy(Policy):
         weighted = _total(w) > 0
         w = [jnp.where(weighted, x, m.astype(x.dtype)) for x, m in zip(w, mask)]
         wsum = _total(w)
-        vw = [unfused(a * b) for a, b in zip(v, w)]
         cw = [unfused(a * b) for a, b in zip(c, w)]
-        value, conf = _safe_div(_total(vw), wsum), _safe_div(_total(cw), wsum)
+        value, conf = _weighted_mean(_total, v, w, wsum), _safe_div(_total(cw), wsum)
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 
 
@@ -277,7 +300,7 @@ def _masked_median(values, mask):
     hi = jnp.clip(n // 2, 0, None)
     take = lambda i: jnp.take_along_axis(s, i[..., None], -1)[..., 0]
     a, b = take(lo), take(hi)
-    return jnp.where(n > 0, (jnp.where(n > 0, a, 0) + jnp.where(n > 0, b, 0)) / 2, 0)
+    return jnp.where(n > 0, _halves_mean(jnp.where(n > 0, a, 0), jnp.where(n > 0, b, 0)), 0)
 
 
 class MedianPolicy(Policy):

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
-from ._hints import batched, materialize
+from ._hints import materialize
 from ._layout import Layout
 from ._recovery import FailureLog
 from ._memory import SOURCE_EXTERNAL, SOURCE_NONE, Memory
@@ -252,18 +252,21 @@ def enforce_domains(layout: Layout, has_value, values, previous, stats: Stats | 
     return out, keep, violated
 
 
-def commit_records(state: State, commit, has_value, values, confidences, source, record_step=None) -> State:
+def commit_records(state: State, commit, has_value, values, confidences, source, record_step=None,
+                   plan=None) -> State:
     """Commit one record per variable where ``commit``: statistics, memory, value.
 
     ``has_value`` False is the original's ``None`` conclusion: the count grows,
-    the value is held. Domain enforcement is applied here.
+    the value is held. Domain enforcement is applied here. ``plan`` (a
+    :class:`TracePlan`; default: a single run's) chooses how buffers are written.
     """
+    scatter = plan.memory == "scatter" if plan is not None else False
     layout = state.layout
     values = jnp.where(has_value, values, state.values)
     values, keep, violated = enforce_domains(layout, commit & has_value, values, state.values, state.stats_)
     numeric = has_value & keep
     violated = violated & commit
-    if batched():  # the statistics' seven fields and the ring buffer read these: lay them out once
+    if plan is not None and plan.materialize:  # the statistics and the ring buffer read these: lay them out once
         values, numeric = materialize(values), materialize(numeric)
     dtype = state.values.dtype
     alpha = jnp.asarray(np.asarray(layout.alphas), dtype)
@@ -278,6 +281,7 @@ def commit_records(state: State, commit, has_value, values, confidences, source,
         jnp.where(numeric, confidences, 0),
         new_step,
         jnp.where(numeric, source, SOURCE_NONE),
+        scatter=scatter,
     )
     first = jnp.where(
         violated & (state.domain_first_step < 0), state.step, state.domain_first_step

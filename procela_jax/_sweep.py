@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -16,9 +17,11 @@ import numpy as np
 
 from ._distributed import Placement, addressable_rows, gather_rows, scenario_mesh
 from ._errors import ModelError
-from ._executive import Executive, _getter, _run_impl
-from ._hints import batched_trace
+from ._executive import Executive
 from ._jit import batched_threefry
+from ._paths import parameter
+from ._plan import TracePlan, choose_plan
+from ._step import run_impl
 from ._save import Save, Trajectory
 from ._state import State
 
@@ -458,7 +461,7 @@ def _inputs(ex: Executive, seeds, keys, init, params) -> _Spec:
     conf_arr: dict[int, np.ndarray] = {}
     given_params: dict[str, np.ndarray] = {}  # as the user gave them, for res.inputs
     for path, v in dict(params or {}).items():
-        getter = _getter(ex, path)  # names the culprit if the path is wrong
+        param = parameter(ex, path)  # names the culprit if the path is wrong
         owner, field = path.split(".")
         v = np.asarray(v)
         lengths[f"params[{path!r}]"] = _length(v, f"params[{path!r}]")
@@ -468,7 +471,7 @@ def _inputs(ex: Executive, seeds, keys, init, params) -> _Spec:
                                  f"params['{path}']")
             init_arr[owner] = v
             continue
-        old = getter(ex)
+        old = param.get(ex)
         shape = tuple(jnp.shape(old))
         if v.shape[1:] != shape:
             raise ModelError(
@@ -604,7 +607,7 @@ def _save_bytes(ex, save) -> int:
     if save.fn is not None:
         total += _tree_bytes(jax.eval_shape(save.fn, ex.abstract_state()))
     if save.audit:
-        width = len(ex.plan.slot_prop[0]) if ex.layout.variables else 0
+        width = len(ex.tables.slot_prop[0]) if ex.layout.variables else 0
         total += len(names) * (width * (3 * item + 1) + 4)
     return total
 
@@ -735,8 +738,8 @@ def _nice_divisor(total: int, target: int) -> int:
 # ---- the compiled pieces ------------------------------------------------------
 def _with_params(ex: Executive, mech: dict, init_conf: dict) -> Executive:
     for path, value in mech.items():
-        getter = _getter(ex, path)
-        ex = eqx.tree_at(getter, ex, jnp.asarray(value, getattr(getter(ex), "dtype", None)))
+        param = parameter(ex, path)
+        ex = param.set(ex, jnp.asarray(value, getattr(param.get(ex), "dtype", None)))
     if init_conf:
         conf = ex.init_confidences
         for j, c in init_conf.items():
@@ -768,27 +771,26 @@ def _init_chunk(ex, start, mech, init_conf, sharding):
     return jax.lax.with_sharding_constraint(out, sharding)
 
 
-def _run_block(ex, mech, init_conf, state, steps, save, sharding, gate):
+def _run_block(ex, mech, init_conf, state, steps, save, sharding, gate, plan: TracePlan):
     """``steps`` steps of every row (``state`` a batched State, or a ``_Start``),
-    traced for a batch and compiled with the batched threefry lowering
-    (``_jit.batched_threefry``: the same bits). ``gate``: a replicated ``True``
-    for ``_hints.fence``, or None."""
-    with batched_threefry():
-        return _run_block_jit(ex, mech, init_conf, state, steps, save, sharding, gate)
+    traced in the form ``plan`` chooses for a batch, with its threefry lowering
+    (``_jit.batched_threefry`` on the CPU: the same bits). ``gate``: a replicated
+    ``True`` for ``_hints.fence``, or None."""
+    with batched_threefry() if plan.hash == "batched" else contextlib.nullcontext():
+        return _run_block_jit(ex, mech, init_conf, state, steps, save, sharding, gate, plan)
 
 
 @eqx.filter_jit
-def _run_block_jit(ex, mech, init_conf, state, steps, save, sharding, gate):
+def _run_block_jit(ex, mech, init_conf, state, steps, save, sharding, gate, plan):
     TRACES["init" if isinstance(state, _Start) else "block"] += 1
 
     def one(mp, ic, s):
         exi = _with_params(ex, mp, ic)
         if isinstance(s, _Start):
             s = s.state(exi)
-        return _run_impl(exi, s, steps, save, False, blocks=False)  # batched rows
+        return run_impl(exi, s, steps, save, False, plan, gate)
 
-    with batched_trace(gate):
-        out = jax.vmap(one)(mech, init_conf, state)
+    out = jax.vmap(one)(mech, init_conf, state)
     return jax.lax.with_sharding_constraint(out, sharding)
 
 
@@ -862,7 +864,8 @@ class _Runner:
         # fences (_hints.fence) are conditionals on this: on the CPU only, where
         # they save work; elsewhere a conditional reads its predicate on the host
         on_cpu = placement.mesh.devices.flat[0].platform == "cpu"
-        self.gate = placement.put_replicated(np.asarray(True)) if on_cpu else None
+        self.trace_plan = choose_plan(ex, batch=placement.chunk, backend="cpu" if on_cpu else "gpu")
+        self.gate = placement.put_replicated(np.asarray(True)) if self.trace_plan.fence else None
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=n * steps, unit="step", unit_scale=True, desc="sweep (scenario-steps)",
@@ -972,7 +975,7 @@ class _Runner:
                 state, mp, ic, real = self._start(c)
                 t0 = 0
                 for steps_b, save_b in blocks:
-                    state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows, self.gate)
+                    state, traj = _run_block(ex, mp, ic, state, steps_b, save_b, pl.rows, self.gate, self.trace_plan)
                     if save_b is not None:
                         k = steps_b // save_b.every
                         pending.append((traj, self._copy_traj(c, traj, slice(t0, t0 + k), real * steps_b)))
@@ -1039,7 +1042,7 @@ class _Runner:
         for steps_b, save_b in blocks:
             parts = []
             for ch in chunks:
-                ch[0], traj = _run_block(ex, ch[1], ch[2], ch[0], steps_b, save_b, pl.rows, self.gate)
+                ch[0], traj = _run_block(ex, ch[1], ch[2], ch[0], steps_b, save_b, pl.rows, self.gate, self.trace_plan)
                 if save_b is not None:
                     parts.append((traj.data, ch[3]))
             if save_b is not None:

@@ -80,7 +80,7 @@ def _slot_labels(traj, name, executive):
     if executive is None:
         return [None] * width, [f"slot {k}" for k in range(width)]
     j = executive.layout.var(name)
-    mech = [int(m) for m in executive.plan.slot_mech[j]][:width]
+    mech = [int(m) for m in executive.tables.slot_mech[j]][:width]
     labels = [executive.layout.mechanisms[m] if m >= 0 else f"slot {k}" for k, m in enumerate(mech)]
     return mech, labels
 

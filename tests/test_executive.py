@@ -10,7 +10,7 @@ import pytest
 from conftest import quiet_logger
 
 import procela_jax as pj
-from procela_jax import _executive
+from procela_jax import _step
 
 
 class Growth(pj.Mechanism):
@@ -242,7 +242,7 @@ def test_run_and_step_compile_once_per_structure():
     X = pj.Variable("X_compile_once", init=1.0)
     mech = lambda rate, conf=0.5: Growth(rate=rate, conf=conf, writes=[X], name="g_compile_once")
     ex = build([mech(0.1)], X)
-    count = _executive.TRACE_COUNT
+    count = _step.TRACE_COUNT
     runs, steps = count["run"], count["step"]
     s, _ = ex.run(ex.init(jax.random.key(0)), 7)
     ex.step(s)
@@ -363,10 +363,10 @@ def test_execution_order_and_mechanism_access():
 
 @pytest.mark.parametrize("steps,every", [(5, 1), (42, 1), (43, 1), (130, 1), (130, 3), (200, 7), (365, 1)])
 def test_trajectory_rows_equal_a_python_loop_of_steps(steps, every):
-    # runs write their rows in blocks (see _executive._rows_per_block); whatever the
+    # runs write their rows in blocks (see _step.rows_per_block); whatever the
     # block and the remainder, row i is the state after step (i + 1) * every
     ex = pj.demos.sir.make_executive()
-    assert _executive._rows_per_block(ex, ex.abstract_state(), np.arange(3), pj.Save(), 420) == 21
+    assert _step.rows_per_block(ex, ex.abstract_state(), np.arange(3), pj.Save(), 420) == 21
     s = ex.init(jax.random.key(3))
     final, traj = ex.run(s, steps, save=pj.Save(every=every, fields=("value", "confidence", "mean")))
     rows = []

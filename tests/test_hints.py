@@ -1,4 +1,4 @@
-"""Batched trace hints change how a step is laid out, never what it computes."""
+"""Layout hints (fences, materialised buffers) change how a step is laid out, never what it computes."""
 
 import equinox as eqx
 import jax
@@ -10,15 +10,8 @@ from hypothesis.extra import numpy as hnp
 
 import procela_jax as pj
 from conftest import host_leaves
-from procela_jax._executive import _run_impl
-from procela_jax._hints import batched, batched_trace, fence, materialize
-
-
-def test_batched_trace_is_scoped():
-    assert not batched()
-    with batched_trace():
-        assert batched()
-    assert not batched()
+from procela_jax._hints import fence, materialize
+from procela_jax._step import run_impl
 
 
 @settings(max_examples=40, deadline=None)
@@ -86,22 +79,20 @@ def test_a_batched_trace_computes_the_same_bits():
     save = pj.Save(fields=("value", "confidence"))
     states = jax.vmap(ex.init)(jax.vmap(jax.random.key)(jnp.arange(8)))
 
-    def run(hint):
+    single = pj.choose_plan(ex).replace(block_rows=False, hash="default")
+    batched = pj.choose_plan(ex, batch=8).replace(hash="default")
+    assert batched.materialize and batched.fence and batched.resolution == "by_variable"
+
+    def run(plan, gate):
         @eqx.filter_jit
         def f(ex, s, gate):
-            def one(s):
-                return _run_impl(ex, s, 24, save, False, blocks=False)
+            return jax.vmap(lambda s: run_impl(ex, s, 24, save, False, plan, gate))(s)
 
-            if hint:  # without a gate, fences fall back on materialize
-                with batched_trace(gate if hint == "gated" else None):
-                    return jax.vmap(one)(s)
-            return jax.vmap(one)(s)
+        return f(ex, states, gate)
 
-        return f(ex, states, jnp.asarray(True))
-
-    plain = run(None)
-    for hint in ("hinted", "gated"):
-        hinted = run(hint)
+    plain = run(single, None)
+    for plan, gate in ((batched.replace(fence=False), None), (batched, jnp.asarray(True))):
+        hinted = run(plan, gate)
         # the runs wrapped every ring buffer and wrote them at different positions
         written = np.asarray(hinted[0].memory.written)
         assert (written[:, :3] > 16).all() and len(set(written[:, 2])) > 1 and (written[:, 3] == 1).all()
@@ -112,16 +103,13 @@ def test_a_batched_trace_computes_the_same_bits():
 
 
 def test_a_fence_is_a_conditional_on_the_gate():
-    """In a gated batched trace a fence is the taken branch of a conditional (nothing
-    fuses across it); elsewhere it is the function itself."""
+    """A fence is the taken branch of a conditional on the gate (nothing fuses across it)."""
 
     def f(x, gate):
-        with batched_trace(gate):
-            return jax.vmap(lambda r: fence(lambda a: (a * 2.0, a > 1.0), r))(x)
+        return jax.vmap(lambda r: fence(gate, lambda a: (a * 2.0, a > 1.0), r))(x)
 
     x = jnp.arange(6.0).reshape(3, 2)
     assert "cond" in str(jax.make_jaxpr(f)(x, jnp.asarray(True)))
     doubled, big = jax.jit(f)(x, jnp.asarray(True))
     np.testing.assert_array_equal(doubled, 2 * np.arange(6.0).reshape(3, 2))
     np.testing.assert_array_equal(big, np.arange(6.0).reshape(3, 2) > 1)
-    assert "cond" not in str(jax.make_jaxpr(lambda a: fence(lambda b: b * 2.0, a))(x))

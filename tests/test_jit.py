@@ -1,7 +1,6 @@
 """The engine's jit entry points: threefry lowered unrolled (single runs) or unrolled and
 fenced (sweeps) changes speed, never bits."""
 
-import contextlib
 import functools
 
 import equinox as eqx
@@ -60,19 +59,19 @@ def test_unrolled_runs_give_the_bits_of_rolled_runs():
 def test_only_concrete_calls_lower_unrolled():
     # under vmap the rolled loops are faster for many rows: a transformed call keeps
     # JAX's default; a call on concrete values (one scenario) gets the unrolled hash
-    from procela_jax._executive import _lowering
+    from procela_jax._executive import _plan_for
 
     ex = pj.demos.sir.make_executive()
     state = ex.init(jax.random.key(0))
-    assert not isinstance(_lowering(ex, state), contextlib.nullcontext)
+    assert _plan_for(ex, state, None).hash == "unrolled"
     default = []
 
     def under_vmap(s):
-        default.append(isinstance(_lowering(ex, s), contextlib.nullcontext))
+        default.append(_plan_for(ex, s, None).hash == "default")
         return s.values
 
     def under_grad(beta):
-        default.append(isinstance(_lowering(ex.replace({"sir.beta": beta}), state), contextlib.nullcontext))
+        default.append(_plan_for(ex.replace({"sir.beta": beta}), state, None).hash == "default")
         return beta
 
     jax.vmap(under_vmap)(jax.vmap(ex.init)(jax.random.split(jax.random.key(0), 3)))

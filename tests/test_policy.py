@@ -296,3 +296,26 @@ def test_not_a_policy_fails_with_the_variable_name():
         pj.Variable("X", policy=42)
     with pytest.raises(pj.ModelError, match="'X'.*must differ in type"):
         pj.Variable("X", policy=pj.MeanPolicy(), alternatives=[pj.MeanPolicy()])
+
+
+@pytest.mark.parametrize("policy", [pj.WeightedVotingPolicy(), pj.MedianPolicy()])
+@pytest.mark.parametrize("width", [2, 40])  # slot by slot, and stacked
+def test_resolution_does_not_overflow_where_the_inputs_do_not(policy, width):
+    """Two (or forty) hypotheses near float32's largest value resolve to their mean,
+    not inf; ordinary values keep every bit (the rescaling is a power of two)."""
+    big = np.full(width, 3e38, np.float32)
+    big[0] = 1e38
+    want = np.median(big.astype(np.float64)) if isinstance(policy, pj.MedianPolicy) else big.astype(np.float64).mean()
+    v, _, _ = policy.resolve(jnp.asarray(big), jnp.ones(width), jnp.ones(width), jnp.ones(width, bool))
+    assert np.isfinite(float(v)) and float(v) == pytest.approx(want, rel=1e-6)
+    rng = np.random.default_rng(width)
+    small = rng.normal(size=(5, width)).astype(np.float32)
+    conf = rng.uniform(size=(5, width)).astype(np.float32)
+    got = policy.resolve(jnp.asarray(small), jnp.asarray(conf), jnp.ones((5, width)), jnp.ones((5, width), bool))[0]
+    if isinstance(policy, pj.WeightedVotingPolicy):
+        plain = np.asarray([sum(np.float32(x) * np.float32(1) for x in row) for row in small], np.float32) / width
+        np.testing.assert_array_equal(np.asarray(got), plain.astype(np.float32))
+    else:
+        s = np.sort(small, axis=1)
+        mid = (s[:, (width - 1) // 2] + s[:, width // 2]) / np.float32(2)
+        np.testing.assert_array_equal(np.asarray(got), mid)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import procela_jax as pj
-from procela_jax import _executive
+from procela_jax import _step
 
 STEPS = 30
 CHUNK = 10  # every Simulation here runs in jitted chunks of this length: one compilation per model
@@ -191,7 +191,7 @@ def test_parallel_one_traced_step_equals_sequential_evaluation():
     mechs = [Noisy(shift=s, scale=c, reads=[X], writes=[X], name=f"m{i}") for i, (s, c) in enumerate(params)]
     ex = pj.Executive(variables=[X], mechanisms=mechs)
     state = ex.init(jax.random.key(11))
-    traces = _executive.TRACE_COUNT["step"]
+    traces = _step.TRACE_COUNT["step"]
     for _ in range(5):
         # sequentially, eagerly: each mechanism with its own key (the step key folded with its id)
         step_key = jax.random.fold_in(state.key, state.step)
@@ -203,7 +203,7 @@ def test_parallel_one_traced_step_equals_sequential_evaluation():
         state = ex.step(state)
         assert float(state.value("X")) == pytest.approx(sum(values) / len(values), rel=1e-6)
         assert float(state.confidence("X")) == pytest.approx(sum(confs) / len(confs), rel=1e-6)
-    assert _executive.TRACE_COUNT["step"] - traces <= 1  # one trace, then the compiled step
+    assert _step.TRACE_COUNT["step"] - traces <= 1  # one trace, then the compiled step
 
 
 # ---- BatchExecutive ----------------------------------------------------------------
@@ -403,13 +403,13 @@ def test_multi_phase_training_equals_one_run_with_a_phase_dependent_parameter():
     ex = pj.Executive(variables=[X], mechanisms=[Explore(rate=rates[0], reads=[X], writes=[X], name="explore")])
     state = ex.init(jax.random.key(9))
     results, pieces = [], []
-    traces = _executive.TRACE_COUNT["run"]
+    traces = _step.TRACE_COUNT["run"]
     for phase, rate in enumerate(rates):
         ex = ex.replace({"explore.rate": rate})  # configure the phase
         state, traj = ex.run(state, length)
         pieces.append(np.asarray(traj.value("X")))
         results.append({"phase": phase, "final": float(state.value("X")), "std": float(state.stats("X").std)})
-    assert _executive.TRACE_COUNT["run"] - traces <= 1  # the phases share one compiled run
+    assert _step.TRACE_COUNT["run"] - traces <= 1  # the phases share one compiled run
     phased = pj.Executive(variables=[X], mechanisms=[
         PhasedExplore(rate=0.0, rates=jnp.asarray(rates), length=length, reads=[X], writes=[X], name="explore")])
     one_final, one = phased.run(phased.init(jax.random.key(9)), len(rates) * length,

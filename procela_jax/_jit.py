@@ -65,7 +65,9 @@ def report() -> dict[str, str]:
 #: On the CPU, XLA's older loop emitters compile a large program with many small
 #: branches (such as the AMR case study's governed step, ~7,000 operations) with
 #: a third of the memory of the default fusion emitters: the whole process peaks
-#: at ~330 MB instead of ~520 MB, for the same numbers.
+#: at ~330 MB instead of ~520 MB, for the same arithmetic: the two emitters may
+#: contract ``a * b + c`` into a multiply-add in different places, so float results
+#: can differ in their last bits (tests/test_seam.py).
 LEAN_CPU = {"xla_cpu_use_fusion_emitters": False}
 
 _option_checks: dict[tuple, bool] = {}

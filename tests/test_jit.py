@@ -65,12 +65,18 @@ def test_unrolled_runs_give_the_bits_of_rolled_runs():
         unrolled = eqx.filter_jit(lambda e, s: e.run(s, 50)).lower(ex, state)
     if jax.default_backend() == "cpu":  # two different programs...
         assert rolled.as_text().count("stablehlo.while") > unrolled.as_text().count("stablehlo.while")
-    # ...with the same numbers, and those of Executive.run (which lowers unrolled)
+    # ...with the same numbers, and those of Executive.run (which lowers unrolled):
+    # the same random bits and integers; floats up to XLA contracting ``a * b + c``
+    # into a multiply-add in other places of the other program (seen at jax 0.7; the
+    # same bits at 0.10, and without FMA: tests/test_seam.py)
     expected = host_leaves(rolled.compile()(ex, state))
     for got in (host_leaves(unrolled.compile()(ex, state)), host_leaves(ex.run(state, 50))):
         assert len(got) == len(expected)
         for a, b in zip(got, expected):
-            np.testing.assert_array_equal(a, b)
+            if np.issubdtype(a.dtype, np.floating):
+                np.testing.assert_array_max_ulp(a, b, maxulp=2)
+            else:
+                np.testing.assert_array_equal(a, b)
 
 
 def test_only_concrete_calls_lower_unrolled():

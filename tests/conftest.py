@@ -73,7 +73,10 @@ def orig_hypotheses(values, confidences, weights=None):
 @pytest.fixture
 def x64():
     """Run the test with ``jax_enable_x64`` on (float64 executives), then restore."""
-    with jax.enable_x64(True):
+    enable = getattr(jax, "enable_x64", None)  # public from jax 0.8; jax.experimental's before
+    if enable is None:
+        from jax.experimental import enable_x64 as enable
+    with enable(True):
         yield
 
 

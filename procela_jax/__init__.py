@@ -4,7 +4,16 @@ Variables keep a memory of competing hypotheses, mechanisms propose values with
 confidences, policies resolve the conflicts, invariants govern the world, and
 the :class:`Executive` runs it all as pure JAX functions of an immutable
 :class:`State`.
+
+Importing the package turns on JAX's persistent compilation cache in
+``$XDG_CACHE_HOME/procela_jax`` (``PROCELA_JAX_CACHE=0`` turns it off; see
+``procela_jax._cache``).
 """
+
+from . import _cache
+
+_cache.setup()
+
 
 from ._calibrate import (
     CalibrationHistory as CalibrationHistory,

@@ -8,17 +8,29 @@
   ``x64``).
 * ``orig_hypotheses(values, confidences, weights)``: the original's hypothesis
   records for a direct policy call.
+
+The persistent compilation cache that importing ``procela_jax`` turns on goes to a
+fresh temporary folder per test process (unless ``PROCELA_JAX_CACHE`` is set), so
+the suite never writes to the user's cache and never depends on a warm one.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 from hypothesis import settings
+
+if "PROCELA_JAX_CACHE" not in os.environ:  # before any test module imports procela_jax
+    _cache_dir = tempfile.mkdtemp(prefix="procela-jax-test-cache-")
+    os.environ["PROCELA_JAX_CACHE"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 
 settings.register_profile("procela_jax", max_examples=12, deadline=None, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "procela_jax"))
@@ -61,7 +73,10 @@ def orig_hypotheses(values, confidences, weights=None):
 @pytest.fixture
 def x64():
     """Run the test with ``jax_enable_x64`` on (float64 executives), then restore."""
-    with jax.enable_x64(True):
+    enable = getattr(jax, "enable_x64", None)  # public from jax 0.8; jax.experimental's before
+    if enable is None:
+        from jax.experimental import enable_x64 as enable
+    with enable(True):
         yield
 
 

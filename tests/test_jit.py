@@ -207,7 +207,8 @@ def _sweep_program(ex, n: int, gate):
     start = _sweep._Start(key_data=keys, init={}, impl=str(jax.random.key_impl(jax.random.key(0))))
     rows = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     save = pj.Save(every=7)
-    block = lambda e, s, g: _sweep._run_block_jit(e, {}, {}, s, 21, save, rows, g)  # noqa: E731
+    plan = pj.choose_plan(ex, batch=n, backend="cpu")
+    block = lambda e, s, g: _sweep._run_block_jit(e, {}, {}, s, 21, save, rows, g, plan)  # noqa: E731
     return eqx.filter_jit(block).lower(ex, start, gate).compile().compiled.as_text()
 
 

@@ -264,6 +264,11 @@ def _prepare_data(ex: Executive, data, steps):
             raise ValueError(f"calibrate: data[{name!r}]: steps_observed must be >= 0, got {s.min()}")
         if np.isinf(v).any():
             raise ValueError(f"calibrate: data[{name!r}]: values_observed contains infinities (NaN marks a missing value)")
+        if np.isnan(v).all():
+            raise ValueError(
+                f"calibrate: data[{name!r}] has no observations: every value is NaN (NaN marks a missing "
+                "value); give at least one observed value or leave the variable out of data"
+            )
         names.append(name)
         idx.append(s.astype(np.int32))
         obs.append(v)
@@ -570,7 +575,8 @@ def calibrate(
         data: ``{variable name: (steps_observed, values_observed)}``; observation
             ``k`` is matched to ``traj.value(name)[steps_observed[k]]`` of
             ``ex.run(ex.init(key), steps=steps)`` (row ``i`` is the value after step
-            ``i + 1``). Observations may be sparse; a NaN marks a missing one.
+            ``i + 1``). Observations may be sparse; a NaN marks a missing one
+            (a series with no value that is not NaN raises ``ValueError``).
         params: what to fit: names ``"<mechanism>.<field>"`` or ``"<variable>.init"``
             (``"<variable>.init_confidence"``), or an equinox filter (a pytree of
             bools shaped like ``ex``, or a function ``leaf -> bool`` such as

@@ -174,6 +174,21 @@ def test_bad_input_is_reported_early(sir_data):
         call(optimizer="adam")
 
 
+def test_all_missing_observations_raise(sir_data):
+    """A series of NaN only carries no observation: like an empty one, it raises
+    before anything runs (it used to return the start unchanged with loss 0)."""
+    ex, data = sir_data
+    t, y = data["I"]
+    for steps_obs, values in [(t, np.full(len(t), np.nan)), ([3], [np.nan])]:
+        with pytest.raises(ValueError, match=r"data\['I'\] has no observations: every value is NaN"):
+            pj.calibrate(ex, data={"I": (steps_obs, values)}, params=["sir.beta"], iterations=2,
+                         progress=False)
+    # one all-missing series among observed ones is refused too, naming it
+    with pytest.raises(ValueError, match=r"data\['R'\] has no observations"):
+        pj.calibrate(ex, data={"I": (t, y), "R": ([1, 2], [np.nan, np.nan])}, params=["sir.beta"],
+                     iterations=2, progress=False)
+
+
 # ---------------------------------------------------------------- stopping, starts, keys
 def test_tol_stops_early_and_remat_changes_nothing_else(sir_data, contract_fit):
     """With ``tol`` the fit stops at the first calm stretch of ``patience``

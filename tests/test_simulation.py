@@ -107,3 +107,52 @@ def test_bad_arguments():
     sim = pj.Simulation(pj.Executive(variables=[pj.Variable("X")], mechanisms=[]))
     with pytest.raises(ValueError, match="non-negative int"):
         sim.run(steps=-2)
+
+
+class Inc(pj.Mechanism):
+    """X + 1 at every step, with full confidence: after step t, X = t + 1."""
+
+    def transform(self, values, key):
+        return {"X": pj.VariableRecord(values["X"] + 1.0, confidence=1.0)}
+
+
+def _capped(phase):
+    X = pj.Variable("X", init=0.0)
+    cap = pj.SystemInvariant("cap", lambda s: s["X"] < 2.5, phase=phase,
+                             severity=pj.InvariantSeverity.FATAL, message="X passed 2.5")
+    return pj.Executive(variables=[X], mechanisms=[Inc(writes=[X], name="inc")], invariants=[cap])
+
+
+# By hand: X = 0, 1, 2, 3 after steps -, 0, 1, 2. A POST check sees X = 3 after the commit
+# of step 2 and halts there; a PRE check sees it before anything runs at step 3. Either
+# way the values committed are 0, 1, 2, 3 and nothing after.
+@pytest.mark.parametrize("phase, halted_at", [(pj.InvariantPhase.POST, 2), (pj.InvariantPhase.PRE, 3)])
+@pytest.mark.parametrize("chunk", [1000, 2, 1])
+def test_history_stops_at_a_fatal_halt_whatever_the_chunk(phase, halted_at, chunk):
+    sim = pj.Simulation(_capped(phase), chunk=chunk)
+    seen = []
+    sim.on("post_step", seen.append)
+    with pytest.raises(pj.InvariantViolationFatal, match=f"'cap' violated at step {halted_at}"):
+        sim.run(steps=10)
+    np.testing.assert_array_equal(sim.history("X"), [0.0, 1.0, 2.0, 3.0])
+    assert len(sim.confidence_history("X")) == 4 == int(sim.stats("X").count)
+    assert seen == [0, 1, 2]  # events of the steps that committed, none after the halt
+
+
+def test_a_halted_simulation_raises_again_naming_the_invariant_and_step():
+    sim = pj.Simulation(_capped(pj.InvariantPhase.POST))
+    errors = []
+    sim.on("error", lambda e, step: errors.append((type(e).__name__, step)))
+    with pytest.raises(pj.InvariantViolationFatal):
+        sim.run(steps=10)
+    state = sim.state
+    for steps in (5, 1):
+        with pytest.raises(pj.InvariantViolationFatal, match=r"'cap' violated at step 2: .*halted.*reset") as err:
+            sim.run(steps=steps)
+        assert err.value.name == "cap" and err.value.step == 2
+    assert sim.state is state and len(sim.history("X")) == 4  # nothing ran
+    assert len(errors) == 3
+    sim.reset()
+    sim.run(steps=2)  # a reset world runs again
+    assert sim.value("X") == 2.0
+

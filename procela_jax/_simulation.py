@@ -21,10 +21,13 @@ EVENTS = ("pre_step", "post_mechanism", "post_resolution", "post_step", "error")
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """A snapshot of a :class:`Simulation`: its state (a value) and history length."""
+    """A snapshot of a :class:`Simulation`: its state (a value), history length and
+    executive (the structure: mechanisms and invariants, as they were)."""
 
     state: State
     history_length: int
+    executive: Executive | None = None
+    owner: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 class Simulation:
@@ -69,6 +72,7 @@ class Simulation:
         self.chunk = chunk
         self._init = init
         self._handlers: dict[str, list] = {e: [] for e in EVENTS}
+        self._owner = object()  # identifies this simulation's checkpoints
         self.timings: list[tuple[int, float]] = []
         self.reset()
 
@@ -257,15 +261,27 @@ class Simulation:
 
     # ---- checkpoints -----------------------------------------------------------
     def create_checkpoint(self) -> Checkpoint:
-        """The current state and history length (a value; nothing is copied)."""
-        return Checkpoint(self.state, sum(len(v) for v in self._values))
+        """The current state, history length and executive (values; nothing is copied)."""
+        return Checkpoint(self.state, sum(len(v) for v in self._values), self.executive, self._owner)
 
     def restore_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Go back to a checkpoint; the history is cut back to it."""
+        """Go back to a checkpoint; the history is cut back to it.
+
+        A checkpoint taken before a structure change (``add_mechanism``,
+        ``remove_invariant``, ...) of this simulation brings back the structure it
+        was taken with: its mechanisms, invariants and their flags.
+        """
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError("restore_checkpoint needs a Checkpoint from create_checkpoint()")
-        if checkpoint.state.layout != self.state.layout:
-            raise ValueError("this checkpoint belongs to a simulation of another model")
+        ours = checkpoint.owner is self._owner and checkpoint.executive is not None
+        if checkpoint.state.layout != self.state.layout and not ours:
+            raise ValueError(
+                "this checkpoint belongs to a simulation of another model "
+                f"(mechanisms {list(checkpoint.state.layout.mechanisms)}, here "
+                f"{list(self.state.layout.mechanisms)}); restore it in the simulation that created it"
+            )
+        if ours:
+            self.executive = checkpoint.executive
         self.state = checkpoint.state
         values = np.concatenate(self._values)[: checkpoint.history_length]
         confs = np.concatenate(self._confidences)[: checkpoint.history_length]

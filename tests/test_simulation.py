@@ -156,3 +156,29 @@ def test_a_halted_simulation_raises_again_naming_the_invariant_and_step():
     sim.run(steps=2)  # a reset world runs again
     assert sim.value("X") == 2.0
 
+
+def test_restoring_a_checkpoint_taken_before_a_structure_change(sir):
+    """The checkpoint brings back the mechanisms (and their flags) it was taken with, as
+    the original does; the replay equals a simulation that never changed."""
+    X = pj.Variable("X", init=0.0)
+    ex = pj.Executive(variables=[X], mechanisms=[Inc(writes=[X], name="inc"),
+                                                 Fine(writes=[X], name="fine", enabled=False)])
+    sim = pj.Simulation(ex, seed=3)
+    sim.run(steps=3)
+    cp = sim.create_checkpoint()
+    sim.add_mechanism(Fine(writes=[X], name="late"))
+    sim.state = sim.state.enable("fine")
+    sim.run(steps=3)
+    assert sim.state.layout.mechanisms == ("inc", "fine", "late")
+    sim.restore_checkpoint(cp)
+    assert sim.executive is ex and sim.state.layout.mechanisms == ("inc", "fine")
+    assert np.asarray(sim.state.enabled).tolist() == [True, False]
+    sim.run(steps=3)
+    plain = pj.Simulation(ex, seed=3)
+    plain.run(steps=6)
+    np.testing.assert_array_equal(sim.history("X"), plain.history("X"))
+    np.testing.assert_array_equal(sim.history("X"), [0, 1, 2, 3, 4, 5, 6])
+    # a checkpoint of another simulation with other mechanisms is still refused
+    other = pj.Simulation(ex.add_mechanism(Fine(writes=[X], name="late")))
+    with pytest.raises(ValueError, match="another model"):
+        other.restore_checkpoint(cp)

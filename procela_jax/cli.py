@@ -437,13 +437,12 @@ def _plot_results(results: dict, png: str, label: str) -> None:
     value, conf = results["value"], results["confidence"]
     fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.4 * len(shown) + 0.6), sharex=True, squeeze=False)
     for j, (name, ax) in enumerate(zip(shown, axes[:, 0])):
-        if value.shape[0] > 1:
-            plot.fan(value[:, :, j], steps, ax=ax, label=name)
+        if value.shape[0] > 1:  # one legend per figure: the bands mean the same in every panel
+            plot.fan(value[:, :, j], steps, ax=ax, legend=j == 0)
         else:
             v, c = value[0, :, j], conf[0, :, j]
-            ax.plot(steps, v, label=name)
+            ax.plot(steps, v)
             ax.fill_between(steps, v - (1 - c) * np.abs(v), v + (1 - c) * np.abs(v), alpha=0.25, linewidth=0)
-            ax.legend(loc="best")
         ax.set_title("")
         ax.set_xlabel("")
         ax.set_ylabel(name)

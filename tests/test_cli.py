@@ -212,6 +212,21 @@ def test_outputs_get_the_default_permissions(tmp_path, capsys, walk_module):
     assert (tmp_path / "r.png").stat().st_mode & 0o777 == 0o644
 
 
+def test_the_run_figure_has_one_legend(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rng = np.random.default_rng(0)
+    results = {"variable": np.asarray(["S", "I", "R"]), "step": np.arange(1, 6),
+               "value": rng.normal(size=(4, 5, 3)), "confidence": np.full((4, 5, 3), 0.5)}
+    cli._plot_results(results, str(tmp_path / "f.png"), "m.py")
+    (fig,) = figures
+    assert sum(ax.get_legend() is not None for ax in fig.axes) == 1
+    monkeypatch.undo()
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("which", ["r.npz", "r.png"])
 def test_an_output_that_is_a_directory_is_refused_before_running(tmp_path, capsys, monkeypatch, walk_module, which):
     (tmp_path / which).mkdir()

@@ -351,7 +351,10 @@ class CalibrationHistory:
         fitted: ``{name: array}``, the returned parameter values (those of the
             lowest loss seen).
         best_loss: the loss at ``fitted``.
-        converged: whether ``tol`` stopped the returned start.
+        converged: whether ``tol`` stopped the returned start: its loss changed by at
+            most ``tol * |loss|`` (or ``atol``) for ``patience`` consecutive
+            iterations. Always False with ``tol=None`` (every iteration runs), which
+            says nothing about the quality of the fit.
         nonfinite: iterations whose loss or gradient was not finite (their update
             was skipped).
         best_start: index of the returned start.
@@ -360,6 +363,7 @@ class CalibrationHistory:
         start_fitted: ``{name: array (starts, *shape)}``, each start's best parameters.
         start_init: ``{name: array (starts, *shape)}``, each start's initial parameters.
         seconds: wall-clock time, compilation included.
+        tol: the ``tol`` the fit ran with (None: no early stopping).
     """
 
     loss: np.ndarray
@@ -374,6 +378,7 @@ class CalibrationHistory:
     start_fitted: dict
     start_init: dict
     seconds: float
+    tol: float | None = None
 
     @property
     def iterations(self) -> int:
@@ -386,7 +391,8 @@ class CalibrationHistory:
         fitted = ", ".join(f"{k}={np.array2string(np.asarray(v), precision=4)}" for k, v in self.fitted.items())
         return (
             f"CalibrationHistory(iterations={self.iterations}, best_loss={self.best_loss:.6g}, "
-            f"converged={self.converged}, starts={len(self.start_best_loss)}, fitted: {fitted})"
+            f"converged={self.converged}{' (tol=None: every iteration ran)' if self.tol is None else ''}, "
+            f"starts={len(self.start_best_loss)}, fitted: {fitted})"
         )
 
 
@@ -751,5 +757,6 @@ def calibrate(
         start_fitted=start_fitted,
         start_init={p.name: init_values[p.name] for p in plist},
         seconds=time.perf_counter() - t_start,
+        tol=None if tol is None else float(tol),
     )
     return fitted, history

@@ -21,6 +21,8 @@ def test_readme_starts_with_the_two_setup_commands():
     assert first == ['pip install -e . && procela-jax demo', 'pip install -e ".[test]" && python -m pytest']
     ci = (README.parent / ".ci" / "run").read_text()
     assert first[1] in ci
+    after = text.split("```", 2)[2].split("\n\n")[1]  # the paragraph beside the test command
+    assert re.search(r"\d+ minutes", after) and re.search(r"\d+ GiB", after), after
 
 
 def test_the_hooks_step_index_is_stated_once_and_holds_here_and_in_the_original():

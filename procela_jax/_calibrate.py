@@ -266,6 +266,11 @@ def _prepare_data(ex: Executive, data, steps):
             raise ValueError(f"calibrate: data[{name!r}]: steps_observed must be >= 0, got {s.min()}")
         if np.isinf(v).any():
             raise ValueError(f"calibrate: data[{name!r}]: values_observed contains infinities (NaN marks a missing value)")
+        if np.isnan(v).all():
+            raise ValueError(
+                f"calibrate: data[{name!r}] has no observations: every value is NaN (NaN marks a missing "
+                "value); give at least one observed value or leave the variable out of data"
+            )
         names.append(name)
         idx.append(s.astype(np.int32))
         obs.append(v)
@@ -349,7 +354,10 @@ class CalibrationHistory:
         fitted: ``{name: array}``, the returned parameter values (those of the
             lowest loss seen).
         best_loss: the loss at ``fitted``.
-        converged: whether ``tol`` stopped the returned start.
+        converged: whether ``tol`` stopped the returned start: its loss changed by at
+            most ``tol * |loss|`` (or ``atol``) for ``patience`` consecutive
+            iterations. Always False with ``tol=None`` (every iteration runs), which
+            says nothing about the quality of the fit.
         nonfinite: iterations whose loss or gradient was not finite (their update
             was skipped).
         best_start: index of the returned start.
@@ -358,6 +366,7 @@ class CalibrationHistory:
         start_fitted: ``{name: array (starts, *shape)}``, each start's best parameters.
         start_init: ``{name: array (starts, *shape)}``, each start's initial parameters.
         seconds: wall-clock time, compilation included.
+        tol: the ``tol`` the fit ran with (None: no early stopping).
     """
 
     loss: np.ndarray
@@ -372,6 +381,7 @@ class CalibrationHistory:
     start_fitted: dict
     start_init: dict
     seconds: float
+    tol: float | None = None
 
     @property
     def iterations(self) -> int:
@@ -384,7 +394,8 @@ class CalibrationHistory:
         fitted = ", ".join(f"{k}={np.array2string(np.asarray(v), precision=4)}" for k, v in self.fitted.items())
         return (
             f"CalibrationHistory(iterations={self.iterations}, best_loss={self.best_loss:.6g}, "
-            f"converged={self.converged}, starts={len(self.start_best_loss)}, fitted: {fitted})"
+            f"converged={self.converged}{' (tol=None: every iteration ran)' if self.tol is None else ''}, "
+            f"starts={len(self.start_best_loss)}, fitted: {fitted})"
         )
 
 
@@ -573,7 +584,8 @@ def calibrate(
         data: ``{variable name: (steps_observed, values_observed)}``; observation
             ``k`` is matched to ``traj.value(name)[steps_observed[k]]`` of
             ``ex.run(ex.init(key), steps=steps)`` (row ``i`` is the value after step
-            ``i + 1``). Observations may be sparse; a NaN marks a missing one.
+            ``i + 1``). Observations may be sparse; a NaN marks a missing one
+            (a series with no value that is not NaN raises ``ValueError``).
         params: what to fit: names ``"<mechanism>.<field>"`` or ``"<variable>.init"``
             (``"<variable>.init_confidence"``), or an equinox filter (a pytree of
             bools shaped like ``ex``, or a function ``leaf -> bool`` such as
@@ -748,5 +760,6 @@ def calibrate(
         start_fitted=start_fitted,
         start_init={p.name: init_values[p.name] for p in plist},
         seconds=time.perf_counter() - t_start,
+        tol=None if tol is None else float(tol),
     )
     return fitted, history

@@ -4,16 +4,22 @@ File layout: a magic line, one JSON header line (format version, model
 fingerprint, leaf shapes, payload size and SHA-256), then the leaves serialised
 by :func:`equinox.tree_serialise_leaves`. Writes go to a temporary file in the
 same folder and are moved into place atomically; an existing file is never
-replaced unless ``overwrite=True``.
+replaced unless ``overwrite=True``. A temporary is named after its target, host
+and process (``.world.ckpt.tmp-<host>-<pid>-<random>``); one left behind by a
+process killed while saving is removed by the next successful save of the same
+target.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import errno
+import glob
 import json
 import os
-import tempfile
+import secrets
+import socket
 
 import equinox as eqx
 import jax
@@ -24,6 +30,8 @@ from ._errors import CheckpointError
 
 MAGIC = b"PROCELA_JAX_CHECKPOINT\n"
 FORMAT_VERSION = 1
+# this host's name as it appears in temporary file names (no separators)
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
 
 
 def _with_key_data(state):
@@ -51,12 +59,49 @@ def _fingerprint(state_with_key_data) -> str:
     return hashlib.sha256(desc.encode()).hexdigest()
 
 
+def _temporary(path: str) -> tuple[int, str]:
+    """Create an empty temporary beside ``path``, named after it, with the mode any new
+    file gets (``0o666`` less the umask; ``tempfile.mkstemp`` would give ``0o600``)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    while True:
+        tmp = os.path.join(folder, f".{name}.tmp-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError as e:  # EPERM: it exists, owned by someone else
+        return e.errno != errno.ESRCH
+    return True
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Remove temporaries of ``path`` left by processes of this host that no longer run."""
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = f".{name}.tmp-{_HOST}-"
+    for tmp in glob.glob(os.path.join(glob.escape(folder), glob.escape(prefix) + "*")):
+        pid = os.path.basename(tmp)[len(prefix):].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
 def atomic_write(path: str, write, *, overwrite: bool) -> None:
     """Write ``write(file)`` to a temporary file beside ``path``, then move it into
     place atomically; raise ``FileExistsError`` rather than replace an existing
-    file unless ``overwrite``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    file unless ``overwrite``. The file gets the default mode (``0o644`` under
+    umask 022); temporaries of ``path`` left by killed processes are removed."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; give a file name")
+    fd, tmp = _temporary(path)
     exists = f"{path} exists; pass overwrite=True to replace it"
     try:
         with os.fdopen(fd, "wb") as f:
@@ -77,6 +122,7 @@ def atomic_write(path: str, write, *, overwrite: bool) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _remove_stale_temporaries(path)
 
 
 def save_checkpoint(path, state, *, overwrite: bool = False) -> str:
@@ -92,6 +138,8 @@ def save_checkpoint(path, state, *, overwrite: bool = False) -> str:
     1.0
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory; give a file name")
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     plain = _with_key_data(state)
@@ -118,6 +166,45 @@ def save_checkpoint(path, state, *, overwrite: bool = False) -> str:
     return path
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_str_list(x) -> bool:
+    return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+def _is_shapes(x) -> bool:
+    return isinstance(x, list) and all(
+        isinstance(s, list) and all(_is_int(d) and d >= 0 for d in s) for s in x)
+
+
+# field: (required, test, what it must be)
+_HEADER = {
+    "format_version": (True, _is_int, "an int"),
+    "fingerprint": (True, lambda x: isinstance(x, str), "a string"),
+    "shapes": (True, _is_shapes, "a list of shapes (lists of non-negative ints)"),
+    "key_impl": (False, lambda x: x is None or isinstance(x, str), "a string"),
+    "variables": (False, _is_str_list, "a list of strings"),
+    "payload_bytes": (True, lambda x: _is_int(x) and x >= 0, "a non-negative int"),
+    "payload_sha256": (True, lambda x: isinstance(x, str), "a string"),
+}
+
+
+def _check_header(path: str, header: dict, fields) -> None:
+    for field in fields:
+        required, test, what = _HEADER[field]
+        if field not in header:
+            if required:
+                raise CheckpointError(
+                    f"{path}: header field {field!r} is missing; the file was not written by "
+                    "save_checkpoint or its header was damaged")
+        elif not test(header[field]):
+            raise CheckpointError(
+                f"{path}: header field {field!r} must be {what}, got {header[field]!r:.80}; the file "
+                "was not written by save_checkpoint or its header was damaged")
+
+
 def load_checkpoint(path, executive):
     """Load a state saved by :func:`save_checkpoint` for ``executive``'s model.
 
@@ -125,11 +212,15 @@ def load_checkpoint(path, executive):
     or corrupt, or was saved from a model of another structure.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file; give the file's path")
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
         raise FileNotFoundError(f"no checkpoint at {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {e.strerror or e})") from e
     if not raw.startswith(MAGIC):
         raise CheckpointError(f"{path} is not a procela_jax checkpoint (bad magic line)")
     rest = raw[len(MAGIC):]
@@ -140,11 +231,13 @@ def load_checkpoint(path, executive):
         raise CheckpointError(f"{path}: the header is corrupt") from None
     if not sep or not isinstance(header, dict):
         raise CheckpointError(f"{path}: the header is corrupt")
-    version = header.get("format_version")
+    _check_header(path, header, ["format_version"])
+    version = header["format_version"]
     if version != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version} is not supported (this is version {FORMAT_VERSION})"
         )
+    _check_header(path, header, [f for f in _HEADER if f != "format_version"])
     if len(payload) != header.get("payload_bytes"):
         raise CheckpointError(
             f"{path} is truncated or padded: {len(payload)} payload bytes, expected {header.get('payload_bytes')}"
@@ -159,7 +252,7 @@ def load_checkpoint(path, executive):
             "structure. Load it with the executive that saved it."
         )
     leaves, treedef = jax.tree.flatten(template)
-    shapes = header.get("shapes", [])
+    shapes = header["shapes"]
     if len(shapes) != len(leaves):
         raise CheckpointError(f"{path}: leaf count does not match the model")
     batch = None

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 
 from ._errors import ModelError
+
+
+def _is_number(v) -> bool:
+    """A real number: a Python ``int``/``float`` or a NumPy scalar such as ``np.float32``."""
+    return isinstance(v, numbers.Real)
 
 
 class Domain:
@@ -77,7 +83,7 @@ class RangeDomain(Domain):
 
     def __post_init__(self):
         for label, v in (("lo", self.lo), ("hi", self.hi)):
-            if v is not None and (not isinstance(v, (int, float)) or math.isnan(v)):
+            if v is not None and (not _is_number(v) or math.isnan(v)):
                 raise ModelError(f"RangeDomain: bound {label}={v!r} must be a number or None")
         if self.lo is not None and self.hi is not None and self.lo > self.hi:
             raise ModelError(f"RangeDomain: lower bound {self.lo} is above upper bound {self.hi}")
@@ -123,7 +129,7 @@ class CategoricalDomain(Domain):
 
     @property
     def labels(self) -> bool:
-        return not all(isinstance(c, (int, float)) for c in self.categories)
+        return not all(_is_number(c) for c in self.categories)
 
     @property
     def codes(self) -> tuple[float, ...]:
@@ -198,7 +204,7 @@ class StatisticalDomain(Domain):
     uses_stats = True
 
     def __post_init__(self):
-        if isinstance(self.k, bool) or not isinstance(self.k, (int, float)):
+        if isinstance(self.k, bool) or not _is_number(self.k):
             raise ModelError(f"StatisticalDomain: k must be a number, got {self.k!r}")
         if math.isnan(self.k) or self.k < 0:
             raise ModelError(f"StatisticalDomain: k must be non-negative, got {self.k!r}")

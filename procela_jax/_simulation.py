@@ -11,6 +11,7 @@ import numpy as np
 
 from ._errors import EventHandlerError, InvalidProposalError, InvariantViolationFatal
 from ._executive import Executive
+from ._invariant import InvariantPhase
 from ._save import Save
 from ._state import State
 
@@ -20,10 +21,13 @@ EVENTS = ("pre_step", "post_mechanism", "post_resolution", "post_step", "error")
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    """A snapshot of a :class:`Simulation`: its state (a value) and history length."""
+    """A snapshot of a :class:`Simulation`: its state (a value), history length and
+    executive (the structure: mechanisms and invariants, as they were)."""
 
     state: State
     history_length: int
+    executive: Executive | None = None
+    owner: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 class Simulation:
@@ -33,7 +37,11 @@ class Simulation:
     state and raises, with names, what the core recorded: a FATAL invariant
     (:class:`InvariantViolationFatal`) or invalid proposals
     (:class:`InvalidProposalError`); out-of-domain events raise a warning.
-    ``history(name)`` starts with the initial value (the first record).
+    ``history(name)`` starts with the initial value (the first record) and holds
+    every value committed after it: after a FATAL halt, nothing past the halt
+    (a POST invariant's step committed; a PRE or RUNTIME invariant's did not). A
+    halted simulation raises the same error again on every ``run`` until
+    :meth:`reset` or :meth:`restore_checkpoint`.
 
     Events: ``sim.on(event, handler)`` for ``pre_step(step)``,
     ``post_mechanism(name, step)`` (each mechanism that proposed),
@@ -64,6 +72,7 @@ class Simulation:
         self.chunk = chunk
         self._init = init
         self._handlers: dict[str, list] = {e: [] for e in EVENTS}
+        self._owner = object()  # identifies this simulation's checkpoints
         self.timings: list[tuple[int, float]] = []
         self.reset()
 
@@ -88,16 +97,15 @@ class Simulation:
                     f"{type(e).__name__}: {e}"
                 ) from e
 
-    def _deliver(self, traj) -> None:
+    def _deliver(self, traj, first: int, rows: int) -> None:
         if not any(self._handlers[e] for e in EVENTS if e != "error"):
             return
         names = self.state.layout.variables
         mechs = self.state.layout.mechanisms
         values = np.asarray(traj.data["value"])
         proposed = np.asarray(traj.extra)
-        steps = np.asarray(traj.steps)
-        for row, after in enumerate(steps):
-            t = int(after) - 1
+        for row in range(rows):
+            t = first + row
             self._emit("pre_step", t)
             for j in np.flatnonzero(proposed[row]):
                 self._emit("post_mechanism", mechs[j], t)
@@ -115,6 +123,11 @@ class Simulation:
         """Run ``steps`` more steps (in jitted chunks of ``self.chunk`` steps)."""
         if not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+        if bool(self.state.halted):
+            e = self._fatal(
+                " (the world is halted: nothing was run; call reset() or restore_checkpoint() to go on)")
+            self._emit("error", e, self.step)
+            raise e
         before = self.state
         bar = None
         if progress:
@@ -126,17 +139,19 @@ class Simulation:
         try:
             while left > 0:
                 n = min(left, self.chunk)
+                first = int(self.state.step)
                 start = time.perf_counter()
                 new_state, traj = self.executive.run(self.state, n, save=save)
                 values = np.asarray(traj.data["value"])  # waits for the device
                 self.timings.append((n, time.perf_counter() - start))
                 self.state = new_state
-                self._values.append(values)
-                self._confidences.append(np.asarray(traj.data["confidence"]))
+                rows = self._rows_committed(first, n)
+                self._values.append(values[:rows])
+                self._confidences.append(np.asarray(traj.data["confidence"])[:rows])
                 left -= n
                 if bar is not None:
                     bar.update(n)
-                self._deliver(traj)
+                self._deliver(traj, first, rows)
                 if bool(self.state.halted):
                     break
         finally:
@@ -148,14 +163,26 @@ class Simulation:
             self._emit("error", e, self.step)
             raise
 
+    def _rows_committed(self, first: int, n: int) -> int:
+        """How many of a chunk's ``n`` rows (steps ``first``, ``first + 1``, ...) hold
+        committed values: all of them, unless a FATAL invariant halted the world, whose
+        later steps ran as no-ops. A POST invariant halts after its step's commit."""
+        if not bool(self.state.halted):
+            return n
+        inv = self.executive.invariants[int(self.state.halted_by)]
+        last = int(self.state.halted_at) + (inv.phase is InvariantPhase.POST)
+        return max(0, min(n, last - first))
+
+    def _fatal(self, note: str = "") -> InvariantViolationFatal:
+        inv = self.executive.invariants[int(self.state.halted_by)]
+        return InvariantViolationFatal(inv.name, inv.message + note, int(self.state.halted_at))
+
     def _raise_recorded(self, before: State) -> None:
         s = self.state
         layout = s.layout
         new_invalid = np.asarray(s.invalid_proposals) - np.asarray(before.invalid_proposals)
         if bool(s.halted) and not bool(before.halted):
-            k = int(s.halted_by)
-            inv = self.executive.invariants[k]
-            raise InvariantViolationFatal(inv.name, inv.message, int(s.halted_at))
+            raise self._fatal()
         if np.any(new_invalid > 0):
             i = int(np.argmax(new_invalid > 0))
             raise InvalidProposalError(
@@ -234,15 +261,27 @@ class Simulation:
 
     # ---- checkpoints -----------------------------------------------------------
     def create_checkpoint(self) -> Checkpoint:
-        """The current state and history length (a value; nothing is copied)."""
-        return Checkpoint(self.state, sum(len(v) for v in self._values))
+        """The current state, history length and executive (values; nothing is copied)."""
+        return Checkpoint(self.state, sum(len(v) for v in self._values), self.executive, self._owner)
 
     def restore_checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Go back to a checkpoint; the history is cut back to it."""
+        """Go back to a checkpoint; the history is cut back to it.
+
+        A checkpoint taken before a structure change (``add_mechanism``,
+        ``remove_invariant``, ...) of this simulation brings back the structure it
+        was taken with: its mechanisms, invariants and their flags.
+        """
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError("restore_checkpoint needs a Checkpoint from create_checkpoint()")
-        if checkpoint.state.layout != self.state.layout:
-            raise ValueError("this checkpoint belongs to a simulation of another model")
+        ours = checkpoint.owner is self._owner and checkpoint.executive is not None
+        if checkpoint.state.layout != self.state.layout and not ours:
+            raise ValueError(
+                "this checkpoint belongs to a simulation of another model "
+                f"(mechanisms {list(checkpoint.state.layout.mechanisms)}, here "
+                f"{list(self.state.layout.mechanisms)}); restore it in the simulation that created it"
+            )
+        if ours:
+            self.executive = checkpoint.executive
         self.state = checkpoint.state
         values = np.concatenate(self._values)[: checkpoint.history_length]
         confs = np.concatenate(self._confidences)[: checkpoint.history_length]

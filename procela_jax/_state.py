@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from ._domain import CategoricalDomain
+from ._errors import ModelError
 from ._hints import materialize
 from ._layout import Layout
 from ._recovery import FailureLog
@@ -151,6 +153,7 @@ class State(eqx.Module):
         ``out_of_domain`` choice and counted, like a resolved one.
         """
         i = self.layout.var(name)
+        value = _edge_value(self.layout, i, value, "State.set")
         n = len(self.layout.variables)
         dtype = self.values.dtype
         commit = np.zeros(n, bool)
@@ -184,6 +187,7 @@ class State(eqx.Module):
             i = self.layout.var(name)
             if commit[i]:
                 raise ValueError(f"set_many: variable {name!r} given twice")
+            value = _edge_value(self.layout, i, value, "State.set_many")
             commit[i] = True
             vals = vals.at[..., i].set(jnp.asarray(value, dtype))
             confs = confs.at[..., i].set(jnp.asarray(confidence, dtype))
@@ -198,6 +202,30 @@ class State(eqx.Module):
     def with_aux(self, aux) -> State:
         """Replace the governance state ``aux``."""
         return eqx.tree_at(lambda s: s.aux, self, aux, is_leaf=lambda x: x is None)
+
+
+def _edge_value(layout: Layout, i: int, value, where: str):
+    """Check a value handed in from Python for variable ``i``: numbers (and arrays of
+    them, traced or not) pass; a category label becomes its code; anything else
+    raises :class:`ModelError`, as the original refuses a non-numeric value."""
+    if isinstance(value, jax.Array):
+        return value
+    domain, name = layout.domains[i], layout.variables[i]
+    if isinstance(value, (str, np.str_)) and isinstance(domain, CategoricalDomain) and domain.labels:
+        try:
+            return domain.encode(value)
+        except ModelError as e:
+            raise ModelError(f"{where}: variable {name!r}: {e}") from None
+    try:
+        kind = np.asarray(value).dtype.kind
+    except (TypeError, ValueError):
+        kind = "O"
+    if isinstance(value, (str, bytes)) or kind not in "biuf":
+        raise ModelError(
+            f"{where}: variable {name!r} (domain {domain!r}) got {value!r}, which is not a number; "
+            "pass a number or a numeric array (convert text first, e.g. float(text))"
+        )
+    return value
 
 
 def enforce_domains(layout: Layout, has_value, values, previous, stats: Stats | None = None):

@@ -116,6 +116,8 @@ class Variable:
                 value = self.domain.encode(value)
             except ModelError as e:
                 raise ModelError(f"{where}: {e}") from None
+        if isinstance(value, (str, bytes)):  # float("3") would read it; the original refuses it
+            raise ModelError(f"{where}: value {value!r} is not a number; pass a number (e.g. float(text))")
         try:
             value = float(value)
         except (TypeError, ValueError):

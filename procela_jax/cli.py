@@ -2,17 +2,20 @@
 
 Commands::
 
-    procela-jax demo                 the SIR demo; writes sir_demo.png here
-    procela-jax demo amr             the AMR case study (when installed)
+    procela-jax demo [--force]       the SIR demo; writes sir_demo.png here
+    procela-jax demo amr [--force]   the AMR case study (when installed); writes amr_demo.png here
     procela-jax run MODEL [--steps N] [--scenarios M] [--seed S] [--save-every K]
                           [--out PATH.npz] [--force] [--no-progress]
     procela-jax bench                a quick benchmark summary (< 30 s)
 
 ``MODEL`` is a Python file (``model.py``) or an importable module name
-(``package.model``) that defines ``executive`` (a :class:`procela_jax.Executive`)
-or ``make_executive()`` returning one. Errors (a missing file, a model that
-defines no executive, a bad number, an existing output) exit with status 1 or 2
-and one line on stderr that names the problem.
+(``package.model``) that defines ``executive`` (a :class:`procela_jax.Executive`),
+or ``make_executive()`` returning one, or else exactly one Executive under any
+name (``ex = pj.Executive(...)``). Errors (a missing file, a model that defines
+no executive, a bad number, an existing output) exit with status 1 or 2 and one
+line on stderr that names the problem. Every output path is checked before
+anything runs; no command replaces an existing file without ``--force``, and a
+directory is never an output.
 
 Output of ``run``: a NumPy ``.npz`` archive
 ---------------------------------------------
@@ -127,17 +130,28 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run a built-in demo and write its plot into the working folder")
     demo.add_argument("name", nargs="?", default="sir", help="sir (default) or amr")
-    demo.add_argument("--seed", type=_int_arg("--seed", 0), default=None)
-    demo.add_argument("--steps", type=_int_arg("--steps", 1), default=None)
+    demo.add_argument("--seed", type=_int_arg("--seed", 0), default=None,
+                      help="seed of the run, jax.random.key(seed); amr: the first of its seeds (default: 0)")
+    demo.add_argument("--steps", type=_int_arg("--steps", 1), default=None,
+                      help="steps to run (default: 365 for sir, 160 for amr)")
     demo.add_argument("--out", default=None, help="plot file (default: <demo>_demo.png)")
+    demo.add_argument("--force", action="store_true", help="overwrite an existing plot file")
 
     run = sub.add_parser("run", help="run a model's scenarios and write results (.npz) and a plot (.png)")
-    run.add_argument("model", help="a Python file or a module name defining `executive` or `make_executive()`")
-    run.add_argument("--steps", type=_int_arg("--steps", 1), default=100)
-    run.add_argument("--scenarios", type=_int_arg("--scenarios", 1), default=1)
-    run.add_argument("--seed", type=_int_arg("--seed", 0), default=0, help="first seed; scenario k uses seed+k")
-    run.add_argument("--save-every", type=_int_arg("--save-every", 1), default=1)
-    run.add_argument("--out", default=None, help="results file, ending in .npz (default: <model>.npz)")
+    run.add_argument("model", help="a Python file or a module name defining `executive`, `make_executive()` "
+                                   "or a single Executive under any name")
+    run.add_argument("--steps", type=_int_arg("--steps", 1), default=100,
+                     help="steps to run in every scenario (default: %(default)s)")
+    run.add_argument("--scenarios", type=_int_arg("--scenarios", 1), default=1,
+                     help="number of scenarios, run batched with pj.sweep (default: %(default)s)")
+    run.add_argument("--seed", type=_int_arg("--seed", 0), default=0,
+                     help="seed of the first scenario; scenario k runs from jax.random.key(seed + k) "
+                          "(default: %(default)s)")
+    run.add_argument("--save-every", type=_int_arg("--save-every", 1), default=1,
+                     help="keep the values of every k-th step in the results; the final values are "
+                          "always kept (default: %(default)s, every step)")
+    run.add_argument("--out", default=None, help="results file, ending in .npz (default: <model>.npz); "
+                                                 "the plot goes beside it with suffix .png")
     run.add_argument("--force", action="store_true", help="overwrite existing output files")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -178,10 +192,13 @@ def _fail(message: str) -> None:
 
 # ---- demo ------------------------------------------------------------------------
 def _demo(args) -> int:
+    if args.name not in ("sir", "amr"):
+        raise CliError(f"unknown demo {args.name!r}; demos are 'sir' and 'amr'", code=2)
+    out = args.out if args.out is not None else f"{args.name}_demo.png"
+    _check_outputs([out], force=args.force)
     if args.name == "sir":
         from .demos import sir
 
-        out = args.out if args.out is not None else "sir_demo.png"
         sir.main(out=out, seed=0 if args.seed is None else args.seed, steps=365 if args.steps is None else args.steps)
         return 0
     if args.name == "amr":
@@ -190,7 +207,7 @@ def _demo(args) -> int:
         amr = importlib.import_module("procela_jax.demos.amr")
         if not callable(getattr(amr, "main", None)):
             raise CliError("the AMR demo is not installed (procela_jax.demos.amr defines no main())")
-        given = {"out": args.out, "seed": args.seed, "steps": args.steps}
+        given = {"out": out, "seed": args.seed, "steps": args.steps}
         accepted = inspect.signature(amr.main).parameters
         kwargs = {k: v for k, v in given.items() if v is not None and k in accepted}
         ignored = [f"--{k}" for k, v in given.items() if v is not None and k not in accepted]
@@ -198,7 +215,6 @@ def _demo(args) -> int:
             raise CliError(f"the AMR demo does not take {', '.join(ignored)}")
         amr.main(**kwargs)
         return 0
-    raise CliError(f"unknown demo {args.name!r}; demos are 'sir' and 'amr'", code=2)
 
 
 # ---- run -------------------------------------------------------------------------
@@ -206,7 +222,8 @@ def load_model(spec: str):
     """The executive defined by a model file or module; returns ``(executive, label)``.
 
     The model defines ``executive`` (an :class:`Executive`) or ``make_executive()``
-    returning one. Raises :class:`CliError` naming what is wrong.
+    returning one, or else exactly one Executive under another name (the
+    README's ``ex``). Raises :class:`CliError` naming what is wrong.
 
     >>> from procela_jax.cli import load_model
     >>> ex, label = load_model("procela_jax.demos.sir")
@@ -247,7 +264,15 @@ def load_model(spec: str):
             raise CliError(f"make_executive() in {spec} raised {type(e).__name__}: {e}") from None
         where = f"make_executive() in {spec}"
     else:
-        raise CliError(f"{spec} defines no `executive` and no `make_executive()`")
+        found = [n for n, v in vars(module).items() if isinstance(v, Executive) and not n.startswith("_")]
+        if len(found) > 1:
+            raise CliError(
+                f"{spec} defines {len(found)} executives ({', '.join(found)}) and no `executive`; "
+                "name the one to run `executive` (or define make_executive())")
+        if not found:
+            raise CliError(f"{spec} defines no `executive` and no `make_executive()`, nor any other Executive")
+        ex = getattr(module, found[0])
+        where = f"`{found[0]}` in {spec}"
     if not isinstance(ex, Executive):
         raise CliError(f"{where} gave a {type(ex).__name__} object, not a procela_jax.Executive")
     return ex, label
@@ -259,14 +284,21 @@ def _outputs(args, label):
     if not out.endswith(".npz"):
         raise CliError(f"--out must name a .npz file, got {out!r}", code=2)
     png = out[: -len(".npz")] + ".png"
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise CliError(f"the folder of --out does not exist: {folder}")
-    if not args.force:
-        for path in (out, png):
-            if os.path.exists(path):
-                raise CliError(f"{path} exists; pass --force to overwrite it")
+    _check_outputs([out, png], force=args.force)
     return out, png
+
+
+def _check_outputs(paths, *, force: bool) -> None:
+    """Refuse, before anything runs, an output that is a directory, lies in a missing
+    folder, or exists (unless ``force``)."""
+    for path in paths:
+        if os.path.isdir(path):
+            raise CliError(f"{path} is a directory, not a file; choose another --out")
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise CliError(f"the folder of --out does not exist: {folder}")
+        if not force and os.path.exists(path):
+            raise CliError(f"{path} exists; pass --force to overwrite it")
 
 
 def simulate(ex, seeds, steps: int, save_every: int = 1, *, progress: bool = False):
@@ -350,11 +382,17 @@ def _run(args) -> int:
     _plot_results(results, png, label)
     halted = int(results["halted"].sum())
     print(
-        f"procela-jax: {args.scenarios} scenario(s) x {args.steps} steps of {label} in {elapsed:.2f} s; "
-        f"wrote {out} ({len(results['step'])} saved steps x {n_var} variables) and {png}"
-        + (f"; {halted} scenario(s) halted by a FATAL invariant" if halted else "")
+        f"procela-jax: {_count(args.scenarios, 'scenario')} x {_count(args.steps, 'step')} of {label} in "
+        f"{elapsed:.2f} s; wrote {out} ({_count(len(results['step']), 'saved step')} x "
+        f"{_count(n_var, 'variable')}) and {png}"
+        + (f"; {_count(halted, 'scenario')} halted by a FATAL invariant" if halted else "")
     )
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 variable``, ``2 variables``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _write_npz(path: str, arrays: dict, *, force: bool) -> None:
@@ -399,13 +437,12 @@ def _plot_results(results: dict, png: str, label: str) -> None:
     value, conf = results["value"], results["confidence"]
     fig, axes = plt.subplots(len(shown), 1, figsize=(8, 2.4 * len(shown) + 0.6), sharex=True, squeeze=False)
     for j, (name, ax) in enumerate(zip(shown, axes[:, 0])):
-        if value.shape[0] > 1:
-            plot.fan(value[:, :, j], steps, ax=ax, label=name)
+        if value.shape[0] > 1:  # one legend per figure: the bands mean the same in every panel
+            plot.fan(value[:, :, j], steps, ax=ax, legend=j == 0)
         else:
             v, c = value[0, :, j], conf[0, :, j]
-            ax.plot(steps, v, label=name)
+            ax.plot(steps, v)
             ax.fill_between(steps, v - (1 - c) * np.abs(v), v + (1 - c) * np.abs(v), alpha=0.25, linewidth=0)
-            ax.legend(loc="best")
         ax.set_title("")
         ax.set_xlabel("")
         ax.set_ylabel(name)

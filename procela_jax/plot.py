@@ -308,6 +308,7 @@ def fan(
     label: str | None = None,
     color=None,
     ax=None,
+    legend: bool = True,
 ):
     """A fan chart: the median of ``values`` across scenarios with nested central bands.
 
@@ -316,8 +317,11 @@ def fan(
     - `values`: an array of shape ``(scenarios, steps)``.
     - `steps`: the x values (default ``1 .. n_steps``).
     - `levels`: central probability mass of each band (``0.9`` shades between the
-      5 % and the 95 % quantile); wider bands are lighter.
+      5 % and the 95 % quantile); wider bands are lighter, and each legend swatch
+      has the shade its band shows (inner bands lie over the outer ones).
     - `label`: legend label of the median line.
+    - `legend`: draw the legend on ``ax`` (pass ``False`` on all but one panel of
+      a figure of several fans).
 
     **Returns:** the Axes, with one median line and one band per level.
 
@@ -337,15 +341,25 @@ def fan(
     levels = sorted(float(level) for level in levels)
     if any(not 0.0 < level < 1.0 for level in levels):
         raise ValueError(f"levels must lie strictly between 0 and 1, got {levels}")
+    from matplotlib.patches import Patch
+
     ax = _axes(ax)
     (line,) = ax.plot(x, np.median(v, axis=0), color=color, label=label or "median")
     color = line.get_color()
-    for level in reversed(levels):  # widest first; overlaps make the inner bands darker
+    # widest first, each lying over the wider ones; band k (from the widest) shows the
+    # opacity shown[k], which its own alpha turns into over the bands below it
+    shown = np.linspace(0.15, 0.5, len(levels)) if len(levels) > 1 else np.array([0.25])
+    below = np.concatenate([[0.0], shown[:-1]])
+    swatches = []
+    for level, opacity, under in zip(reversed(levels), shown, below):
         lo, hi = np.quantile(v, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0, label=f"{level:.0%} band")
+        alpha = 1 - (1 - opacity) / (1 - under)
+        ax.fill_between(x, lo, hi, color=color, alpha=alpha, linewidth=0, label=f"{level:.0%} band")
+        swatches.append(Patch(facecolor=color, alpha=opacity, linewidth=0, label=f"{level:.0%} band"))
     ax.set_xlabel("step")
     ax.set_title(f"fan chart over {v.shape[0]} scenarios")
-    ax.legend(loc="best")
+    if legend:
+        ax.legend(handles=[line, *reversed(swatches)], loc="best")
     return ax
 
 

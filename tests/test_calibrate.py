@@ -174,6 +174,21 @@ def test_bad_input_is_reported_early(sir_data):
         call(optimizer="adam")
 
 
+def test_all_missing_observations_raise(sir_data):
+    """A series of NaN only carries no observation: like an empty one, it raises
+    before anything runs (it used to return the start unchanged with loss 0)."""
+    ex, data = sir_data
+    t, y = data["I"]
+    for steps_obs, values in [(t, np.full(len(t), np.nan)), ([3], [np.nan])]:
+        with pytest.raises(ValueError, match=r"data\['I'\] has no observations: every value is NaN"):
+            pj.calibrate(ex, data={"I": (steps_obs, values)}, params=["sir.beta"], iterations=2,
+                         progress=False)
+    # one all-missing series among observed ones is refused too, naming it
+    with pytest.raises(ValueError, match=r"data\['R'\] has no observations"):
+        pj.calibrate(ex, data={"I": (t, y), "R": ([1, 2], [np.nan, np.nan])}, params=["sir.beta"],
+                     iterations=2, progress=False)
+
+
 # ---------------------------------------------------------------- stopping, starts, keys
 def test_tol_stops_early_and_remat_changes_nothing_else(sir_data, contract_fit):
     """With ``tol`` the fit stops at the first calm stretch of ``patience``
@@ -191,6 +206,37 @@ def test_tol_stops_early_and_remat_changes_nothing_else(sir_data, contract_fit):
     earlier = np.abs(np.diff(h.loss[:-patience])) / np.abs(h.loss[:-patience - 1])
     runs = np.convolve(earlier <= tol, np.ones(patience), "valid")
     assert runs.max() < patience  # it stopped at the first calm stretch
+
+
+def test_converged_is_only_a_verdict_when_a_tolerance_was_given(contract_fit):
+    """Without ``tol`` every iteration runs and ``converged`` is False whatever the
+    fit: the repr says so rather than print a bare ``converged=False``."""
+    _, history = contract_fit
+    assert history.converged is False and history.tol is None
+    assert "converged=False (tol=None: every iteration ran)" in repr(history)
+
+
+def test_the_calibration_notebook_fit_converges_by_its_own_tolerance():
+    """The notebook's fit, run as written, stops on the tolerance it passes (the loss
+    changed by at most tol relative over `patience` iterations, checked from the
+    losses) at the classic fit of these data (beta about 1.7, gamma about 0.45 per day)."""
+    import json
+    import pathlib
+
+    nb = json.loads((pathlib.Path(__file__).parents[1] / "notebooks" / "04_calibration.ipynb").read_text())
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    ns = {}
+    for cell in code:
+        exec(compile(cell, "04_calibration", "exec"), ns)
+        if "history" in ns:
+            break
+    history, K = ns["history"], ns["K"]
+    tol, patience = history.tol, 10  # calibrate's default patience
+    assert tol is not None and history.converged and len(history.loss) < 200
+    change = np.abs(np.diff(history.loss[-patience - 1:])) / np.abs(history.loss[-patience - 1:-1])
+    assert np.all(change <= tol)
+    beta, gamma = float(ns["fitted"].get("sir.beta")) * K, float(ns["fitted"].get("sir.gamma")) * K
+    assert abs(beta - 1.7) < 0.2 and abs(gamma - 0.45) < 0.05
 
 
 def test_multi_start_equals_separate_fits(sir_data):

@@ -146,3 +146,102 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(sir, tmp_path, monk
         pj.save_checkpoint(path, sir.run(sir.init(jax.random.key(0)), 4)[0], overwrite=True)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["sir.ckpt"]
+
+
+def _rewrite_header(path, raw, **fields):
+    import json
+
+    magic = pj._checkpoint.MAGIC
+    end = raw.index(b"\n", len(magic))
+    header = json.loads(raw[len(magic):end])
+    header.update(fields)
+    path.write_bytes(magic + json.dumps(header).encode() + raw[end:])
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("shapes", None), ("shapes", [["3"]] * 40), ("shapes", "[]"), ("shapes", [[-1]] * 40),
+     ("payload_bytes", "12"), ("payload_bytes", None), ("payload_sha256", 5), ("fingerprint", None),
+     ("format_version", "1"), ("key_impl", 3), ("variables", "S")],
+)
+def test_a_wrongly_typed_header_field_is_named(sir, saved, field, value):
+    path, raw = saved
+    _rewrite_header(path, raw, **{field: value})
+    with pytest.raises(pj.CheckpointError, match=f"header field '{field}'"):
+        pj.load_checkpoint(path, sir)
+
+
+def test_a_missing_header_field_is_named(sir, saved):
+    import json
+
+    path, raw = saved
+    magic = pj._checkpoint.MAGIC
+    end = raw.index(b"\n", len(magic))
+    header = json.loads(raw[len(magic):end])
+    del header["shapes"]
+    path.write_bytes(magic + json.dumps(header).encode() + raw[end:])
+    with pytest.raises(pj.CheckpointError, match="header field 'shapes' is missing"):
+        pj.load_checkpoint(path, sir)
+
+
+def test_a_directory_or_an_unreadable_file_is_a_checkpoint_error(sir, tmp_path):
+    with pytest.raises(pj.CheckpointError, match="is a directory"):
+        pj.load_checkpoint(tmp_path, sir)
+    for overwrite in (False, True):  # refused before anything is written, not "exists"
+        with pytest.raises(IsADirectoryError, match="is a directory"):
+            pj.save_checkpoint(tmp_path, sir.init(jax.random.key(0)), overwrite=overwrite)
+    path = tmp_path / "locked.ckpt"
+    path.write_bytes(b"x")
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):  # running as root: permissions do not apply
+            pytest.skip("this user can read a file of mode 0")
+        with pytest.raises(pj.CheckpointError, match="cannot be read.*Permission"):
+            pj.load_checkpoint(path, sir)
+    finally:
+        path.chmod(0o644)
+
+
+def test_stale_temporaries_of_the_target_are_cleaned_by_the_next_save(sir, tmp_path):
+    """A save killed half-way leaves a temporary named after its target (and its
+    process); the next successful save of that target removes it, and leaves the
+    temporaries of other targets and of running processes alone."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    host = pj._checkpoint._HOST
+    stale = tmp_path / f".sir.ckpt.tmp-{host}-{dead_pid}-abc123"
+    alive = tmp_path / f".sir.ckpt.tmp-{host}-{os.getppid()}-def456"  # a running process
+    other = tmp_path / f".other.ckpt.tmp-{host}-{dead_pid}-abc123"
+    for p in (stale, alive, other):
+        p.write_bytes(b"half-written")
+    pj.save_checkpoint(tmp_path / "sir.ckpt", sir.init(jax.random.key(0)))
+    assert sorted(os.listdir(tmp_path)) == sorted([alive.name, other.name, "sir.ckpt"])
+
+
+def test_a_save_killed_half_way_leaves_a_temporary_named_after_its_target(sir, tmp_path, monkeypatch):
+    path = tmp_path / "sir.ckpt"
+
+    def killed(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed)
+    monkeypatch.setattr(os, "unlink", lambda p: None)  # a killed process cleans nothing up
+    with pytest.raises(KeyboardInterrupt):
+        pj.save_checkpoint(path, sir.init(jax.random.key(0)))
+    monkeypatch.undo()
+    (left,) = os.listdir(tmp_path)
+    assert left.startswith(f".sir.ckpt.tmp-{pj._checkpoint._HOST}-{os.getpid()}-")
+
+
+def test_files_get_the_default_permissions(sir, tmp_path):
+    """0644 under umask 022, like any file the user writes (mkstemp gives 0600)."""
+    old = os.umask(0o022)
+    try:
+        path = pj.save_checkpoint(tmp_path / "sir.ckpt", sir.init(jax.random.key(0)))
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == 0o644

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -81,7 +82,7 @@ def test_run_writes_the_documented_schema_and_matches_independent_runs(tmp_path,
             "--out", str(out)]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
-    assert "3 scenario(s) x 10 steps" in captured.out and str(out) in captured.out
+    assert "3 scenarios x 10 steps" in captured.out and str(out) in captured.out
     assert "sweep (scenario-steps)" in captured.err  # the progress bar
     r = cli.load_results(out)
     assert set(r) == {"value", "confidence", "step", "seed", "variable", "final_value", "final_confidence",
@@ -131,7 +132,7 @@ def test_run_records_scenarios_halted_by_a_fatal_invariant(tmp_path, capsys):
     path = model_file(tmp_path, extra=inv)
     out = tmp_path / "h.npz"
     assert cli.main(["run", str(path), "--steps", "8", "--scenarios", "2", "--out", str(out), "--no-progress"]) == 0
-    assert "2 scenario(s) halted by a FATAL invariant" in capsys.readouterr().out
+    assert "2 scenarios halted by a FATAL invariant" in capsys.readouterr().out
     r = cli.load_results(out)
     assert r["halted"].tolist() == [True, True]
     assert r["halted_at"].tolist() == [5, 5]  # Y = 10 - (t + 1) drops to 4 at step index 5
@@ -153,6 +154,90 @@ def test_run_never_overwrites_without_force(tmp_path, capsys, walk_module):
     assert "r.png exists" in one_error_line(capsys)
     assert cli.main(argv + ["--seed", "3", "--force"]) == 0
     assert cli.load_results(out)["seed"].tolist() == [3]
+
+
+README = (ROOT / "README.md").read_text()
+
+
+def test_the_readme_first_model_runs_as_written(tmp_path, capsys, monkeypatch):
+    """Saved as model.py, the README's first model (its executive is called ``ex``) runs."""
+    first = re.search(r"```python\n(.*?)```", README, flags=re.S).group(1)
+    (tmp_path / "model.py").write_text(first)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "model.py", "--steps", "5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "(5 saved steps x 1 variable)" in out and "1 scenario x 5 steps" in out
+    ns = {}
+    exec(compile(first, "README", "exec"), ns)  # the same model, run by hand
+    _, traj = ns["ex"].run(ns["ex"].init(jax.random.key(0)), 5)
+    np.testing.assert_array_equal(cli.load_results("model.npz")["value"][0], np.asarray(traj.data["value"]))
+
+
+def test_a_module_with_several_executives_names_them(tmp_path, capsys):
+    path = tmp_path / "two.py"
+    path.write_text("import procela_jax as pj\na = pj.Executive(variables=[pj.Variable('X')])\n"
+                    "b = pj.Executive(variables=[pj.Variable('Y')])\n")
+    assert cli.main(["run", str(path), "--steps", "2"]) == 1
+    line = one_error_line(capsys)
+    assert "defines 2 executives (a, b)" in line and "`executive`" in line
+
+
+def test_run_help_documents_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    entries, flag = {}, None
+    for line in capsys.readouterr().out.splitlines():  # "  --flag METAVAR  help", continued indented
+        m = re.match(r"  (--[\w-]+)(?: [A-Z_]+)?\s*(.*)", line)
+        if m:
+            flag = m.group(1)
+            entries[flag] = m.group(2)
+        elif flag and line.startswith("      "):
+            entries[flag] += " " + line.strip()
+        else:
+            flag = None
+    for flag, default in (("--steps", 100), ("--scenarios", 1), ("--save-every", 1), ("--seed", 0)):
+        text = entries[flag]
+        assert len(text.split("(default")[0].split()) >= 3, (flag, text)  # a description
+        assert re.search(r"\(default: (\d+)", text).group(1) == str(default), (flag, text)
+        assert getattr(cli._parser().parse_args(["run", "m.py"]), flag[2:].replace("-", "_")) == default
+
+
+def test_outputs_get_the_default_permissions(tmp_path, capsys, walk_module):
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["run", walk_module, "--steps", "3", "--out", str(tmp_path / "r.npz"), "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.npz").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "r.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_the_run_figure_has_one_legend(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    rng = np.random.default_rng(0)
+    results = {"variable": np.asarray(["S", "I", "R"]), "step": np.arange(1, 6),
+               "value": rng.normal(size=(4, 5, 3)), "confidence": np.full((4, 5, 3), 0.5)}
+    cli._plot_results(results, str(tmp_path / "f.png"), "m.py")
+    (fig,) = figures
+    assert sum(ax.get_legend() is not None for ax in fig.axes) == 1
+    monkeypatch.undo()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("which", ["r.npz", "r.png"])
+def test_an_output_that_is_a_directory_is_refused_before_running(tmp_path, capsys, monkeypatch, walk_module, which):
+    (tmp_path / which).mkdir()
+    monkeypatch.setattr(cli, "simulate", lambda *a, **k: pytest.fail("ran before checking its outputs"))
+    for force in ([], ["--force"]):
+        assert cli.main(["run", walk_module, "--steps", "3", "--out", str(tmp_path / "r.npz"), *force]) == 1
+        assert f"{tmp_path / which} is a directory" in one_error_line(capsys)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sir_demo.png").mkdir()
+    assert cli.main(["demo", "--steps", "2", "--force"]) == 1
+    assert "sir_demo.png is a directory" in one_error_line(capsys)
 
 
 @pytest.mark.parametrize(
@@ -232,6 +317,34 @@ def test_demo_writes_sir_demo_png_into_the_working_folder(tmp_path, capsys, monk
     assert mpimg.imread(tmp_path / "sir_demo.png")[..., :3].std() > 0.02
 
 
+def test_demo_refuses_to_overwrite_without_force_like_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sir_demo.png").write_bytes(b"mine")
+    assert cli.main(["demo", "--steps", "3"]) == 1
+    assert "sir_demo.png exists; pass --force to overwrite it" in one_error_line(capsys)
+    assert (tmp_path / "sir_demo.png").read_bytes() == b"mine"
+    assert cli.main(["demo", "--steps", "3", "--force"]) == 0
+    assert mpimg.imread(tmp_path / "sir_demo.png").ndim == 3
+
+
+def test_demo_amr_writes_its_figure_and_runs_what_the_readme_says(capsys, monkeypatch):
+    calls = []
+    fake = types.ModuleType("procela_jax.demos.amr")
+    fake.main = lambda out=None, seed=0: calls.append(out)  # no figure unless asked, as amr.main
+    fake.__spec__ = cli.importlib.machinery.ModuleSpec("procela_jax.demos.amr", None)
+    monkeypatch.setitem(sys.modules, "procela_jax.demos.amr", fake)
+    assert cli.main(["demo", "amr", "--force"]) == 0
+    assert calls == ["amr_demo.png"]  # --help: the plot goes into the working folder
+    monkeypatch.undo()
+    import inspect
+
+    from procela_jax.demos import amr
+
+    runs = int(re.search(r"The AMR case study's ([\d,]+)\s+runs", README).group(1))
+    seeds = inspect.signature(amr.main).parameters["seeds"].default
+    assert len(amr.SETTINGS) * seeds == runs == 250  # 50 runs of each of the 5 settings, as the original
+
+
 def test_demo_amr_missing_is_one_line(capsys, monkeypatch):
     real = cli.importlib.util.find_spec
     monkeypatch.setattr(cli.importlib.util, "find_spec",
@@ -269,6 +382,17 @@ def test_bench_prints_a_summary(capsys):
     assert "SIR demo" in out and "20 steps" in out
     assert "single run" in out and "batched (4 scenarios)" in out
     assert "final values agree" in out
+
+
+def test_bench_ratios_are_speed_ratios_and_say_what_they_measure():
+    from procela_jax._bench import format_benchmark
+
+    r = {"steps": 10, "scenarios": 2, "backend": "cpu", "same_result": True,
+         "single": {"procela_jax": 3e4, "hand": 2e4}, "batched": {"procela_jax": 1e5, "hand": 2e5}}
+    text = format_benchmark(r)
+    assert "1.50x" in text and "0.50x" in text  # procela_jax's rate over the hand scan's
+    assert "higher is faster" in text
+    assert "final state only" in text and "bench_core.py" in text  # what the rates measure
 
 
 # ---- as a program ------------------------------------------------------------------

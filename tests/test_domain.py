@@ -164,3 +164,15 @@ def test_plain_python_numbers_are_accepted(domain):
     for x in (1.0, 2, 0.5):
         assert bool(domain.contains(x)) == contains(domain, x)
         assert float(domain.project(x)) == float(domain.project(jnp.asarray(x, jnp.float32)))
+
+
+def test_numpy_scalars_are_numbers():
+    """NumPy scalars are accepted wherever a plain number is (bounds, categories, k)."""
+    d = pj.RangeDomain(np.float32(0.0), np.int64(10))
+    assert (d.lo, d.hi) == (0.0, 10.0) and type(d.lo) is float and type(d.hi) is float
+    assert d == pj.RangeDomain(0.0, 10.0)  # the same static configuration, so no recompile
+    with pytest.raises(pj.ModelError, match="lo=np.float64\\(nan\\)|lo=nan"):
+        pj.RangeDomain(np.float64("nan"), 1.0)
+    c = pj.CategoricalDomain([np.int64(1), np.int64(3)])
+    assert not c.labels and c.codes == (1.0, 3.0) and c.encode(np.int64(3)) == 3
+    assert pj.StatisticalDomain(k=np.float32(2.0)).k == 2.0

@@ -240,6 +240,38 @@ def test_fan_median_and_nested_bands():
         pj.plot.fan(v, levels=(1.5,))
 
 
+def test_fan_bands_look_different_and_the_legend_shows_them_as_drawn():
+    """Each band's legend swatch has the colour its band shows on the plot (the inner
+    band lies over the outer one), and the two colours are far apart."""
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(2001, 12))  # quantiles about -1.64, -0.67, 0, 0.67, 1.64 at every step
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    pj.plot.fan(v, ax=ax, color="tab:blue")
+    leg = ax.get_legend()
+    swatch = {t.get_text(): h for t, h in zip(leg.get_texts(), leg.legend_handles)}
+    assert list(swatch) == ["median", "50% band", "90% band"]
+    fig.canvas.draw()
+    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3] / 255.0
+    height = pixels.shape[0]
+
+    def drawn(y):  # the colour on the plot at step 6, value y
+        px, py = ax.transData.transform((6, y))
+        return pixels[int(round(height - py)), int(round(px))]
+
+    def shown(patch):  # the swatch's colour over the white background
+        r, g, b, a = patch.get_facecolor()
+        return 1 - a * (1 - np.array([r, g, b]))
+
+    np.testing.assert_allclose(drawn(-1.15), shown(swatch["90% band"]), atol=3 / 255)
+    np.testing.assert_allclose(drawn(-0.35), shown(swatch["50% band"]), atol=3 / 255)
+    assert np.abs(shown(swatch["90% band"]) - shown(swatch["50% band"])).max() > 0.15
+    # a figure of several panels gets one legend
+    fig, axes = plt.subplots(3, 1)
+    for i, a in enumerate(axes):
+        pj.plot.fan(v, ax=a, legend=i == 0)
+    assert [a.get_legend() is not None for a in axes] == [True, False, False]
+
+
 def test_loss_curve_marks_the_minimum_and_picks_the_scale():
     losses = [3.0, 2.0, 0.5, 0.7, 0.6]
     ax = pj.plot.loss(losses)

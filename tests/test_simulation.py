@@ -107,3 +107,78 @@ def test_bad_arguments():
     sim = pj.Simulation(pj.Executive(variables=[pj.Variable("X")], mechanisms=[]))
     with pytest.raises(ValueError, match="non-negative int"):
         sim.run(steps=-2)
+
+
+class Inc(pj.Mechanism):
+    """X + 1 at every step, with full confidence: after step t, X = t + 1."""
+
+    def transform(self, values, key):
+        return {"X": pj.VariableRecord(values["X"] + 1.0, confidence=1.0)}
+
+
+def _capped(phase):
+    X = pj.Variable("X", init=0.0)
+    cap = pj.SystemInvariant("cap", lambda s: s["X"] < 2.5, phase=phase,
+                             severity=pj.InvariantSeverity.FATAL, message="X passed 2.5")
+    return pj.Executive(variables=[X], mechanisms=[Inc(writes=[X], name="inc")], invariants=[cap])
+
+
+# By hand: X = 0, 1, 2, 3 after steps -, 0, 1, 2. A POST check sees X = 3 after the commit
+# of step 2 and halts there; a PRE check sees it before anything runs at step 3. Either
+# way the values committed are 0, 1, 2, 3 and nothing after.
+@pytest.mark.parametrize("phase, halted_at", [(pj.InvariantPhase.POST, 2), (pj.InvariantPhase.PRE, 3)])
+@pytest.mark.parametrize("chunk", [1000, 2, 1])
+def test_history_stops_at_a_fatal_halt_whatever_the_chunk(phase, halted_at, chunk):
+    sim = pj.Simulation(_capped(phase), chunk=chunk)
+    seen = []
+    sim.on("post_step", seen.append)
+    with pytest.raises(pj.InvariantViolationFatal, match=f"'cap' violated at step {halted_at}"):
+        sim.run(steps=10)
+    np.testing.assert_array_equal(sim.history("X"), [0.0, 1.0, 2.0, 3.0])
+    assert len(sim.confidence_history("X")) == 4 == int(sim.stats("X").count)
+    assert seen == [0, 1, 2]  # events of the steps that committed, none after the halt
+
+
+def test_a_halted_simulation_raises_again_naming_the_invariant_and_step():
+    sim = pj.Simulation(_capped(pj.InvariantPhase.POST))
+    errors = []
+    sim.on("error", lambda e, step: errors.append((type(e).__name__, step)))
+    with pytest.raises(pj.InvariantViolationFatal):
+        sim.run(steps=10)
+    state = sim.state
+    for steps in (5, 1):
+        with pytest.raises(pj.InvariantViolationFatal, match=r"'cap' violated at step 2: .*halted.*reset") as err:
+            sim.run(steps=steps)
+        assert err.value.name == "cap" and err.value.step == 2
+    assert sim.state is state and len(sim.history("X")) == 4  # nothing ran
+    assert len(errors) == 3
+    sim.reset()
+    sim.run(steps=2)  # a reset world runs again
+    assert sim.value("X") == 2.0
+
+
+def test_restoring_a_checkpoint_taken_before_a_structure_change(sir):
+    """The checkpoint brings back the mechanisms (and their flags) it was taken with, as
+    the original does; the replay equals a simulation that never changed."""
+    X = pj.Variable("X", init=0.0)
+    ex = pj.Executive(variables=[X], mechanisms=[Inc(writes=[X], name="inc"),
+                                                 Fine(writes=[X], name="fine", enabled=False)])
+    sim = pj.Simulation(ex, seed=3)
+    sim.run(steps=3)
+    cp = sim.create_checkpoint()
+    sim.add_mechanism(Fine(writes=[X], name="late"))
+    sim.state = sim.state.enable("fine")
+    sim.run(steps=3)
+    assert sim.state.layout.mechanisms == ("inc", "fine", "late")
+    sim.restore_checkpoint(cp)
+    assert sim.executive is ex and sim.state.layout.mechanisms == ("inc", "fine")
+    assert np.asarray(sim.state.enabled).tolist() == [True, False]
+    sim.run(steps=3)
+    plain = pj.Simulation(ex, seed=3)
+    plain.run(steps=6)
+    np.testing.assert_array_equal(sim.history("X"), plain.history("X"))
+    np.testing.assert_array_equal(sim.history("X"), [0, 1, 2, 3, 4, 5, 6])
+    # a checkpoint of another simulation with other mechanisms is still refused
+    other = pj.Simulation(ex.add_mechanism(Fine(writes=[X], name="late")))
+    with pytest.raises(ValueError, match="another model"):
+        other.restore_checkpoint(cp)

@@ -5,7 +5,7 @@ Commands::
     procela-jax demo                 the SIR demo; writes sir_demo.png here
     procela-jax demo amr             the AMR case study (when installed)
     procela-jax run MODEL [--steps N] [--scenarios M] [--seed S] [--save-every K]
-                          [--out PATH.npz] [--force] [--no-progress]
+                          [--out PATH.npz|PATH.nc|PATH.zarr] [--force] [--no-progress]
     procela-jax bench                a quick benchmark summary (< 30 s)
 
 ``MODEL`` is a Python file (``model.py``) or an importable module name
@@ -52,6 +52,16 @@ array               dims                   meaning
 
 Read it back with :func:`load_results` (arrays plus the parsed ``attrs``), or
 with ``numpy.load(path)`` directly.
+
+``--out PATH.nc`` (NetCDF 4, written with h5netcdf) and ``--out PATH.zarr``
+(a Zarr folder, format 2) hold the same results as labelled data: the
+``xarray.Dataset`` of ``SweepResult.to_xarray()`` (``value``, ``confidence``
+with dims ``scenario, step, variable``; ``final_value``, ``final_confidence``,
+``halted``, ``halted_at``, ``halted_by``; coordinates ``scenario``, ``step``,
+``variable``, ``seed``; schema in ``procela_jax._labelled``) whose attributes
+add the run's (``model``, ``steps``, ``scenarios``, ``seed``, ``save_every``,
+``created``; lists as JSON). Read them with
+``xarray.open_dataset(path, engine="h5netcdf")`` or ``xarray.open_zarr(path)``.
 
 >>> import os, tempfile
 >>> from procela_jax.cli import main, load_results
@@ -137,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--scenarios", type=_int_arg("--scenarios", 1), default=1)
     run.add_argument("--seed", type=_int_arg("--seed", 0), default=0, help="first seed; scenario k uses seed+k")
     run.add_argument("--save-every", type=_int_arg("--save-every", 1), default=1)
-    run.add_argument("--out", default=None, help="results file, ending in .npz (default: <model>.npz)")
+    run.add_argument("--out", default=None,
+                     help="results: .npz (NumPy), .nc (NetCDF) or .zarr (Zarr) (default: <model>.npz)")
     run.add_argument("--force", action="store_true", help="overwrite existing output files")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -256,9 +267,11 @@ def load_model(spec: str):
 def _outputs(args, label):
     stem = os.path.splitext(os.path.basename(label))[0] if label.endswith(".py") else label.rsplit(".", 1)[-1]
     out = args.out if args.out is not None else f"{stem}.npz"
-    if not out.endswith(".npz"):
-        raise CliError(f"--out must name a .npz file, got {out!r}", code=2)
-    png = out[: -len(".npz")] + ".png"
+    suffix = os.path.splitext(out.rstrip("/\\"))[1]
+    if suffix not in (".npz", ".nc", ".zarr"):
+        raise CliError(f"--out must name a .npz, .nc (NetCDF) or .zarr (Zarr) output, got {out!r}", code=2)
+    out = out.rstrip("/\\")
+    png = out[: -len(suffix)] + ".png"
     folder = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(folder):
         raise CliError(f"the folder of --out does not exist: {folder}")
@@ -346,7 +359,7 @@ def _run(args) -> int:
         "halted_by": np.asarray(res.halted_by, np.int32),
         "attrs": np.asarray(json.dumps(attrs)),
     }
-    _write_npz(out, results, force=args.force)
+    _write_results(out, results, res, ex, attrs, force=args.force)
     _plot_results(results, png, label)
     halted = int(results["halted"].sum())
     print(
@@ -355,6 +368,22 @@ def _run(args) -> int:
         + (f"; {halted} scenario(s) halted by a FATAL invariant" if halted else "")
     )
     return 0
+
+
+def _write_results(path: str, arrays: dict, res, ex, attrs: dict, *, force: bool) -> None:
+    """``.npz``: ``arrays``; ``.nc`` / ``.zarr``: the sweep as labelled data
+    (``res.to_xarray()``, schema in ``procela_jax._labelled``) with the run's attributes."""
+    if path.endswith(".npz"):
+        return _write_npz(path, arrays, force=force)
+    from ._labelled import write
+
+    ds = res.to_xarray(ex)
+    ds.attrs.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                     for k, v in attrs.items() if k not in ("dims", "format", "format_version")})
+    try:
+        write(ds, path, overwrite=force)
+    except FileExistsError:
+        raise CliError(f"{path} exists; pass --force to overwrite it") from None
 
 
 def _write_npz(path: str, arrays: dict, *, force: bool) -> None:

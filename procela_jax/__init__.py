@@ -40,6 +40,7 @@ from ._errors import (
     ModelError as ModelError,
 )
 from ._executive import Executive as Executive
+from ._infer import ConvergenceWarning as ConvergenceWarning, Posterior as Posterior, infer as infer
 from ._invariant import (
     InvariantPhase as InvariantPhase,
     InvariantSeverity as InvariantSeverity,
@@ -117,6 +118,6 @@ from ._sweep import (
 from ._timer import Timer as Timer
 from ._variable import Variable as Variable
 from ._view import View as View
-from . import demos as demos, plot as plot
+from . import datasets as datasets, demos as demos, likelihood as likelihood, plot as plot
 
 __version__ = "0.1.0"

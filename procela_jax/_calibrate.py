@@ -229,46 +229,46 @@ def _build(ex: Executive, params: list[_Param], theta) -> Executive:
 
 
 # ---------------------------------------------------------------------------- data
-def _prepare_data(ex: Executive, data, steps):
+def _prepare_data(ex: Executive, data, steps, where: str = "calibrate"):
     if not isinstance(data, Mapping) or not data:
         raise ValueError(
-            "calibrate: data must be a non-empty dict {variable name: (steps_observed, values_observed)}"
+            f"{where}: data must be a non-empty dict {{variable name: (steps_observed, values_observed)}}"
         )
     names, idx, obs = [], [], []
     for name, pair in data.items():
         name = getattr(name, "name", name)
         if name not in ex.layout.var_index:
             raise ModelError(
-                f"calibrate: data for unknown variable {name!r}; variables: {list(ex.layout.variables)}"
+                f"{where}: data for unknown variable {name!r}; variables: {list(ex.layout.variables)}"
             )
         if name in names:
-            raise ValueError(f"calibrate: data for {name!r} is given twice")
+            raise ValueError(f"{where}: data for {name!r} is given twice")
         try:
             s, v = pair
         except (TypeError, ValueError):
             raise ValueError(
-                f"calibrate: data[{name!r}] must be a pair (steps_observed, values_observed)"
+                f"{where}: data[{name!r}] must be a pair (steps_observed, values_observed)"
             ) from None
         s = np.asarray(s)
         v = np.asarray(v, np.float64)
         if s.ndim != 1 or v.shape != s.shape:
             raise ValueError(
-                f"calibrate: data[{name!r}]: steps_observed and values_observed must be 1-D of the same "
+                f"{where}: data[{name!r}]: steps_observed and values_observed must be 1-D of the same "
                 f"length, got shapes {s.shape} and {v.shape}"
             )
         if s.size == 0:
-            raise ValueError(f"calibrate: data[{name!r}] has no observations")
+            raise ValueError(f"{where}: data[{name!r}] has no observations")
         if not np.issubdtype(s.dtype, np.integer):
             if not (np.issubdtype(s.dtype, np.floating) and np.all(s == np.round(s))):
-                raise ValueError(f"calibrate: data[{name!r}]: steps_observed must be integer step indices")
+                raise ValueError(f"{where}: data[{name!r}]: steps_observed must be integer step indices")
             s = s.astype(np.int64)
         if s.min() < 0:
-            raise ValueError(f"calibrate: data[{name!r}]: steps_observed must be >= 0, got {s.min()}")
+            raise ValueError(f"{where}: data[{name!r}]: steps_observed must be >= 0, got {s.min()}")
         if np.isinf(v).any():
-            raise ValueError(f"calibrate: data[{name!r}]: values_observed contains infinities (NaN marks a missing value)")
+            raise ValueError(f"{where}: data[{name!r}]: values_observed contains infinities (NaN marks a missing value)")
         if np.isnan(v).all():
             raise ValueError(
-                f"calibrate: data[{name!r}] has no observations: every value is NaN (NaN marks a missing "
+                f"{where}: data[{name!r}] has no observations: every value is NaN (NaN marks a missing "
                 "value); give at least one observed value or leave the variable out of data"
             )
         names.append(name)
@@ -278,10 +278,10 @@ def _prepare_data(ex: Executive, data, steps):
     if steps is None:
         steps = last + 1
     if not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"calibrate: steps must be a positive int, got {steps!r}")
+        raise ValueError(f"{where}: steps must be a positive int, got {steps!r}")
     if last >= steps:
         raise ValueError(
-            f"calibrate: an observation at step index {last} needs steps > {last} (got steps={steps}); "
+            f"{where}: an observation at step index {last} needs steps > {last} (got steps={steps}); "
             "row i of the trajectory is the value after step i + 1"
         )
     return tuple(names), tuple(idx), tuple(obs), int(steps)

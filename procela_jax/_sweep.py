@@ -197,6 +197,18 @@ class SweepResult:
         return {int(i): (self.invariants[int(self.halted_by[i])], int(self.halted_at[i]))
                 for i in np.flatnonzero(self.halted & self.done)}
 
+    def to_xarray(self, ex: Executive | None = None):
+        """An ``xarray.Dataset``: each saved field with dims ``(scenario, step,
+        variable)``, inputs as coordinates (schema in ``procela_jax._labelled``).
+
+        >>> import procela_jax as pj
+        >>> pj.sweep(pj.demos.sir.make_executive(), 4, seeds=[0, 1]).to_xarray()["value"].shape
+        (2, 4, 3)
+        """
+        from ._labelled import to_xarray
+
+        return to_xarray(self, ex)
+
     @property
     def nbytes(self) -> int:
         """Bytes of the arrays this result holds on the host."""

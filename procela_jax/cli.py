@@ -5,7 +5,7 @@ Commands::
     procela-jax demo [--force]       the SIR demo; writes sir_demo.png here
     procela-jax demo amr [--force]   the AMR case study (when installed); writes amr_demo.png here
     procela-jax run MODEL [--steps N] [--scenarios M] [--seed S] [--save-every K]
-                          [--out PATH.npz] [--force] [--no-progress]
+                          [--out PATH.npz|PATH.nc|PATH.zarr] [--force] [--no-progress]
     procela-jax bench                a quick benchmark summary (< 30 s)
 
 ``MODEL`` is a Python file (``model.py``) or an importable module name
@@ -55,6 +55,16 @@ array               dims                   meaning
 
 Read it back with :func:`load_results` (arrays plus the parsed ``attrs``), or
 with ``numpy.load(path)`` directly.
+
+``--out PATH.nc`` (NetCDF 4, written with h5netcdf) and ``--out PATH.zarr``
+(a Zarr folder, format 2) hold the same results as labelled data: the
+``xarray.Dataset`` of ``SweepResult.to_xarray()`` (``value``, ``confidence``
+with dims ``scenario, step, variable``; ``final_value``, ``final_confidence``,
+``halted``, ``halted_at``, ``halted_by``; coordinates ``scenario``, ``step``,
+``variable``, ``seed``; schema in ``procela_jax._labelled``) whose attributes
+add the run's (``model``, ``steps``, ``scenarios``, ``seed``, ``save_every``,
+``created``; lists as JSON). Read them with
+``xarray.open_dataset(path, engine="h5netcdf")`` or ``xarray.open_zarr(path)``.
 
 >>> import os, tempfile
 >>> from procela_jax.cli import main, load_results
@@ -150,8 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--save-every", type=_int_arg("--save-every", 1), default=1,
                      help="keep the values of every k-th step in the results; the final values are "
                           "always kept (default: %(default)s, every step)")
-    run.add_argument("--out", default=None, help="results file, ending in .npz (default: <model>.npz); "
-                                                 "the plot goes beside it with suffix .png")
+    run.add_argument("--out", default=None,
+                     help="results: .npz (NumPy), .nc (NetCDF) or .zarr (Zarr) (default: <model>.npz); "
+                          "the plot goes beside it with suffix .png")
     run.add_argument("--force", action="store_true", help="overwrite existing output files")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -281,9 +292,11 @@ def load_model(spec: str):
 def _outputs(args, label):
     stem = os.path.splitext(os.path.basename(label))[0] if label.endswith(".py") else label.rsplit(".", 1)[-1]
     out = args.out if args.out is not None else f"{stem}.npz"
-    if not out.endswith(".npz"):
-        raise CliError(f"--out must name a .npz file, got {out!r}", code=2)
-    png = out[: -len(".npz")] + ".png"
+    suffix = os.path.splitext(out.rstrip("/\\"))[1]
+    if suffix not in (".npz", ".nc", ".zarr"):
+        raise CliError(f"--out must name a .npz, .nc (NetCDF) or .zarr (Zarr) output, got {out!r}", code=2)
+    out = out.rstrip("/\\")
+    png = out[: -len(suffix)] + ".png"
     _check_outputs([out, png], force=args.force)
     return out, png
 
@@ -292,7 +305,7 @@ def _check_outputs(paths, *, force: bool) -> None:
     """Refuse, before anything runs, an output that is a directory, lies in a missing
     folder, or exists (unless ``force``)."""
     for path in paths:
-        if os.path.isdir(path):
+        if os.path.isdir(path) and not (force and path.endswith(".zarr")):  # a Zarr store is a folder
             raise CliError(f"{path} is a directory, not a file; choose another --out")
         folder = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(folder):
@@ -378,7 +391,7 @@ def _run(args) -> int:
         "halted_by": np.asarray(res.halted_by, np.int32),
         "attrs": np.asarray(json.dumps(attrs)),
     }
-    _write_npz(out, results, force=args.force)
+    _write_results(out, results, res, ex, attrs, force=args.force)
     _plot_results(results, png, label)
     halted = int(results["halted"].sum())
     print(
@@ -393,6 +406,22 @@ def _run(args) -> int:
 def _count(n: int, noun: str) -> str:
     """``1 variable``, ``2 variables``."""
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _write_results(path: str, arrays: dict, res, ex, attrs: dict, *, force: bool) -> None:
+    """``.npz``: ``arrays``; ``.nc`` / ``.zarr``: the sweep as labelled data
+    (``res.to_xarray()``, schema in ``procela_jax._labelled``) with the run's attributes."""
+    if path.endswith(".npz"):
+        return _write_npz(path, arrays, force=force)
+    from ._labelled import write
+
+    ds = res.to_xarray(ex)
+    ds.attrs.update({k: (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                     for k, v in attrs.items() if k not in ("dims", "format", "format_version")})
+    try:
+        write(ds, path, overwrite=force)
+    except FileExistsError:
+        raise CliError(f"{path} exists; pass --force to overwrite it") from None
 
 
 def _write_npz(path: str, arrays: dict, *, force: bool) -> None:

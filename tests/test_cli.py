@@ -250,7 +250,7 @@ def test_an_output_that_is_a_directory_is_refused_before_running(tmp_path, capsy
         (["--seed", "-1"], 2, "--seed: must be an integer >= 0"),
         (["--save-every", "2.5"], 2, "--save-every: must be an integer, got '2.5'"),
         (["--steps", "3", "--save-every", "4"], 2, "--save-every (4) must not exceed --steps (3)"),
-        (["--out", "results.csv"], 2, "--out must name a .npz file"),
+        (["--out", "results.csv"], 2, "--out must name a .npz, .nc (NetCDF) or .zarr (Zarr) output"),
         (["--out", "no/such/folder/r.npz"], 1, "the folder of --out does not exist"),
     ],
 )

@@ -20,6 +20,7 @@ def test_the_five_stories_are_there():
         "04_calibration.ipynb",
         "05_checkpoints.ipynb",
         "06_amr.ipynb",
+        "07_bayesian.ipynb",
     ]
 
 

@@ -307,8 +307,8 @@ def mse_loss(predicted: dict, observed: dict):
 # ---------------------------------------------------------------------------- simulation
 def _run(ex: Executive, state, steps: int, save: Save, remat: bool):
     """``ex.run`` with rows written one by one: differentiated, the blocks that make a
-    forward run faster cost more in the backward pass (bench_calibrate: 10.3 ms
-    against 7.9 ms per value and gradient)."""
+    forward run faster cost more in the backward pass (figures in benchmarks/README.md,
+    bench_calibrate)."""
     plan = choose_plan(ex, traced=True).replace(block_rows=False)
     return run_jit(ex, state, int(steps), save, remat, plan)
 

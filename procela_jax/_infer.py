@@ -32,7 +32,8 @@ import numpy as np
 from ._calibrate import _default_bounds, _fittable, _prepare_data, _simulate
 from ._domain import CategoricalDomain
 from ._errors import ModelError
-from ._executive import Executive, _getter, _setter
+from ._executive import Executive
+from ._paths import parameter
 from .likelihood import Likelihood
 
 __all__ = ["ConvergenceWarning", "Posterior", "infer"]
@@ -77,7 +78,7 @@ def _model_site(ex: Executive, path, prior) -> _Site:
     if not isinstance(path, str):
         raise ModelError(f"infer: priors are keyed by parameter names like 'sir.beta', got {path!r}")
     try:
-        leaf = _getter(ex, path)(ex)
+        leaf = parameter(ex, path).get(ex)
     except ModelError as e:
         raise ModelError(f"infer: priors[{path!r}]: {e}") from None
     if not isinstance(prior, Distribution):
@@ -169,7 +170,7 @@ class _Problem:
         dtype = jnp.dtype(ex.dtype)
         for s in self.sites:
             if s.model:
-                ex = _setter(ex, s.name)(ex, jnp.asarray(values[s.name], dtype))
+                ex = parameter(ex, s.name).set(ex, jnp.asarray(values[s.name], dtype))
         return ex
 
     def log_likelihood(self, values: Mapping):

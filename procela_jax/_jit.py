@@ -159,9 +159,9 @@ def lean_jit(fun, *, cpu_options: dict = LEAN_CPU):
 # readers and recomputes them per element of each. Sweeps therefore lower each
 # hash as the taken branch of a conditional (``_branch_hash``), which XLA does not
 # fuse across: the rounds run once, in one elementwise kernel over the whole batch
-# (the SIR demo's sweep at 10,000 scenarios steps 1.3-1.5x faster than with the
-# words laid out after every four rounds, ``_fenced_hash``, and that form 1.4-1.5x
-# faster than the loop). Its predicate reads one key word: on several devices that
+# (faster than the words laid out after every four rounds, ``_fenced_hash``, which
+# is faster than the loop: benchmarks/README.md has the figures). Its predicate
+# reads one key word: on several devices that
 # word would travel to every device for each hash, so a program for several
 # devices gets the fenced form.
 #

@@ -251,7 +251,7 @@ def test_bad_priors_raise_at_once(priors, match):
 @pytest.mark.parametrize("data, likelihood, match", [
     ({"I": ([0, 1, 2], [10.0, 11.0])}, LIK, r"1-D of the same length"),
     ({"I": (np.zeros((2, 2), int), np.zeros((2, 2)))}, LIK, r"1-D of the same length"),
-    ({"I": ([0, 1], [np.nan, np.nan])}, LIK, r"no observed value"),
+    ({"I": ([0, 1], [np.nan, np.nan])}, LIK, r"every value is NaN"),
     ({"I": ([], [])}, LIK, r"no observations"),
     ({"Q": ([0], [1.0])}, LIK, r"unknown variable 'Q'"),
     ({"I": ([0, 1], [2.5, 3.0])}, pj.likelihood.Poisson(), r"needs counts"),

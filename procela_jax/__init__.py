@@ -108,13 +108,8 @@ from ._signals import (
 from ._simulation import Checkpoint as Checkpoint, Simulation as Simulation
 from ._state import State as State
 from ._statistics import Stats as Stats
-from ._sweep import (
-    SweepInputs as SweepInputs,
-    SweepInterrupted as SweepInterrupted,
-    SweepResult as SweepResult,
-    grid as grid,
-    sweep as sweep,
-)
+from ._sweep import SweepInterrupted as SweepInterrupted, SweepResult as SweepResult, sweep as sweep
+from ._sweep_inputs import SweepInputs as SweepInputs, grid as grid
 from ._timer import Timer as Timer
 from ._variable import Variable as Variable
 from ._view import View as View

@@ -31,6 +31,13 @@ BLEND_ENTRIES = 1 << 16
 #: Bytes of one trajectory buffer written by the innermost loop of a single run:
 #: rows are gathered in blocks of at most this size.
 BLOCK_BYTES = 256
+#: A sweep's rows per device are padded to a multiple of this. With one row per device XLA
+#: drops the batch dimension and compiles scalar code, which may contract
+#: ``a * b + c`` into multiply-adds differently from batched code; a few rows keep
+#: every configuration on the same batched code (and fill one AVX2 vector).
+ROW_TILE = 8
+#: Bytes of per-scenario values one block of a sweep with ``summaries=`` may gather.
+VALUES_BUDGET = 256 << 20
 #: Mechanisms of one family with at least this many members are traced once and
 #: applied with ``vmap``; smaller families are traced member by member.
 FAMILY_MEMBERS = 4

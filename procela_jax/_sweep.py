@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import functools
-import itertools
-import math
-import os
 from collections.abc import Mapping
 
 import equinox as eqx
@@ -15,32 +10,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._distributed import Placement, addressable_rows, gather_rows, scenario_mesh
+from ._distributed import addressable_rows, gather_rows
 from ._errors import ModelError
 from ._executive import Executive
 from ._jit import batched_threefry
 from ._paths import parameter
-from ._plan import TracePlan, choose_plan
-from ._step import run_impl
+from ._plan import VALUES_BUDGET, TracePlan, choose_plan
 from ._save import Save, Trajectory
 from ._state import State
+from ._step import run_impl
+from ._sweep_inputs import _inputs
+from ._sweep_plan import _DEFAULT, _block_plan, _placement, _save_spec, _stat_key, _summary_spec
 
-#: Statistics ``summaries=`` understands by name (numbers in [0, 1] are quantiles).
-SUMMARY_STATS = ("mean", "std", "min", "max")
-#: ``summaries=True`` keeps these.
-DEFAULT_SUMMARIES = ("mean", "std", "min", "max", 0.05, 0.25, 0.5, 0.75, 0.95)
 #: Incremented each time a sweep function is traced (tests use it to catch recompiles).
 TRACES = {"init": 0, "block": 0, "reduce": 0}
-
-#: Rows per device are padded to a multiple of this. With one row per device XLA
-#: drops the batch dimension and compiles scalar code, which may contract
-#: ``a * b + c`` into multiply-adds differently from batched code; a few rows keep
-#: every configuration on the same batched code (and fill one AVX2 vector).
-ROW_TILE = 8
-
-_DEFAULT = object()
-_VALUES_BUDGET = 256 << 20  # bytes of per-scenario values one summary block may gather
-
 
 class SweepInterrupted(KeyboardInterrupt):
     """Raised by :func:`sweep` when it is interrupted (Ctrl-C); ``.result`` holds
@@ -53,60 +36,6 @@ class SweepInterrupted(KeyboardInterrupt):
         super().__init__(
             f"sweep interrupted: {done} of {len(result.done)} scenarios finished, "
             f"{len(result.steps)} saved steps kept; the partial result is in .result"
-        )
-
-
-# ------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class SweepInputs:
-    """What produced each row of a sweep: ``seeds`` (None when keys were given),
-    ``key_data`` (raw PRNG key data), ``init`` ({variable: values}) and
-    ``params`` ({"<mechanism>.<field>": values}), all with one entry per row, as
-    they were given (the scenarios ran with them cast to the model's dtype).
-
-    >>> import procela_jax as pj
-    >>> res = pj.sweep(pj.demos.sir.make_executive(), 5, seeds=[3, 4],
-    ...                params={"sir.beta": [0.2, 0.4]}, save=None)
-    >>> res.inputs.row(1)
-    {'seed': 4, 'init': {}, 'params': {'sir.beta': 0.4...}}
-    """
-
-    seeds: np.ndarray | None
-    key_data: np.ndarray
-    key_impl: str
-    init: dict[str, np.ndarray]
-    params: dict[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.key_data)
-
-    @property
-    def keys(self) -> jax.Array:
-        """The PRNG key of each row."""
-        return jax.random.wrap_key_data(self.key_data, impl=self.key_impl)
-
-    def row(self, i: int) -> dict:
-        """Seed (or key data), initial values and parameters of row ``i``."""
-        py = lambda a: a.item() if a.ndim == 0 else a.tolist()
-        out = {"seed": int(self.seeds[i])} if self.seeds is not None else {"key": self.key_data[i].tolist()}
-        out["init"] = {k: py(v[i]) for k, v in self.init.items()}
-        out["params"] = {k: py(v[i]) for k, v in self.params.items()}
-        return out
-
-    def columns(self) -> dict[str, np.ndarray]:
-        """Flat columns (``seed``, ``"<variable>.init"``, parameter paths), e.g. for a DataFrame."""
-        out = {"seed": self.seeds} if self.seeds is not None else {"key": self.key_data}
-        out.update({f"{k}.init": v for k, v in self.init.items()})
-        out.update(self.params)
-        return out
-
-    def take(self, rows) -> SweepInputs:
-        return SweepInputs(
-            seeds=None if self.seeds is None else self.seeds[rows],
-            key_data=self.key_data[rows],
-            key_impl=self.key_impl,
-            init={k: v[rows] for k, v in self.init.items()},
-            params={k: v[rows] for k, v in self.params.items()},
         )
 
 
@@ -216,53 +145,6 @@ class SweepResult:
         size = lambda x: (jax.random.key_data(x).nbytes
                           if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x.nbytes)
         return int(sum(size(x) for x in leaves))
-
-
-# ------------------------------------------------------------------------------
-def grid(*, seeds=None, keys=None, init: Mapping | None = None, params: Mapping | None = None) -> dict:
-    """The Cartesian product of the given axes, as keyword arguments for :func:`sweep`.
-
-    Each entry is one axis: ``seeds`` (or ``keys``), each variable in ``init`` and
-    each path in ``params``. Rows run over the product in that order, the last
-    axis varying fastest (like ``itertools.product``).
-
-    >>> import procela_jax as pj
-    >>> g = pj.grid(seeds=range(2), params={"sir.beta": [0.2, 0.3, 0.4]})
-    >>> g["seeds"].tolist(), g["params"]["sir.beta"].tolist()
-    ([0, 0, 0, 1, 1, 1], [0.2, 0.3, 0.4, 0.2, 0.3, 0.4])
-    >>> res = pj.sweep(pj.demos.sir.make_executive(), 3, **g, save=None)
-    >>> len(res)
-    6
-    """
-    if seeds is not None and keys is not None:
-        raise ModelError("grid: give seeds= or keys=, not both")
-    axes: list[tuple[str, str | None, np.ndarray]] = []
-    if seeds is not None:
-        axes.append(("seeds", None, _as_seed_array(seeds, "grid: seeds")))
-    if keys is not None:
-        axes.append(("keys", None, _key_data(keys, "grid: keys")[0]))
-    for group, entries in (("init", init), ("params", params)):
-        for k, v in dict(entries or {}).items():
-            v = np.asarray(v)
-            if v.ndim == 0:
-                raise ModelError(f"grid: {group}[{k!r}] must list the values of its axis, got a scalar")
-            axes.append((group, k, v))
-    if not axes:
-        raise ModelError("grid: give at least one axis (seeds=, keys=, init= or params=)")
-    for _, k, v in axes:
-        if len(v) == 0:
-            raise ModelError(f"grid: the axis {k!r} is empty")
-    index = np.asarray(list(itertools.product(*[range(len(v)) for _, _, v in axes])), np.int64)
-    out: dict = {}
-    for j, (group, k, v) in enumerate(axes):
-        col = v[index[:, j]]
-        if k is None:
-            out[group] = col
-        else:
-            out.setdefault(group, {})[k] = col
-    if "keys" in out:
-        out["keys"] = jax.random.wrap_key_data(out["keys"], impl=_key_data(keys, "grid: keys")[1])
-    return out
 
 
 # ------------------------------------------------------------------------------
@@ -385,366 +267,13 @@ def sweep(
     stats = _summary_spec(summaries, save)
     placement, sizes, n_blocks_hint = _placement(ex, spec, steps, save, stats, chunk_size, devices, progress)
     cap = None
-    if stats is not None:  # one block of every scenario's saved values stays under _VALUES_BUDGET
+    if stats is not None:  # one block of every scenario's saved values stays under VALUES_BUDGET
         names = save.variables if save.variables is not None else ex.layout.variables
         per_save = spec.n * len(names) * len(save.fields) * np.dtype(ex.dtype).itemsize
-        cap = max(1, _VALUES_BUDGET // max(1, per_save))
+        cap = max(1, VALUES_BUDGET // max(1, per_save))
     plan = _block_plan(steps, save, block_steps, n_blocks_hint, cap)
     runner = _Runner(ex, spec, steps, save, stats, placement, plan, keep_final, progress, sizes)
     return runner.run()
-
-
-# ---- input normalisation ------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class _Spec:
-    n: int
-    inputs: SweepInputs
-    init: dict[str, np.ndarray]  # variable -> (n,)
-    mech: dict[str, np.ndarray]  # "<mech>.<field>" -> (n, *shape)
-    init_conf: dict[int, np.ndarray]  # variable index -> (n,)
-
-
-def _as_seed_array(seeds, where) -> np.ndarray:
-    try:
-        arr = np.asarray(list(seeds) if not isinstance(seeds, np.ndarray) else seeds)
-    except TypeError:
-        raise ModelError(f"{where} must be an int or a sequence of ints, got {seeds!r}") from None
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ModelError(f"{where} must be a sequence of ints, got an array of dtype {arr.dtype} and shape {arr.shape}")
-    return arr.astype(np.int64)
-
-
-def _key_data(keys, where):
-    keys = keys if isinstance(keys, jax.Array) else jnp.asarray(keys)
-    if jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        if keys.ndim != 1:
-            raise ModelError(f"{where}: expected one key per scenario (shape (n,)), got shape {keys.shape}")
-        return np.asarray(jax.random.key_data(keys)), str(jax.random.key_impl(keys))
-    if keys.dtype == jnp.uint32 and keys.ndim == 2:
-        impl = str(jax.random.key_impl(jax.random.key(0)))
-        return np.asarray(keys), impl
-    raise ModelError(
-        f"{where} must be PRNG keys, one per scenario (jax.random.split(jax.random.key(0), n)), "
-        f"got dtype {keys.dtype} and shape {keys.shape}"
-    )
-
-
-def _seed_keys(seeds: np.ndarray) -> tuple[np.ndarray, str]:
-    """Key data of ``jax.random.key(s)`` for each seed, computed in one batch."""
-    if seeds.size and seeds.min() >= np.iinfo(np.int32).min and seeds.max() <= np.iinfo(np.int32).max:
-        arr = seeds.astype(np.int32)
-    elif seeds.size and seeds.min() >= 0 and seeds.max() <= np.iinfo(np.uint32).max:
-        arr = seeds.astype(np.uint32)
-    elif jax.config.jax_enable_x64:
-        arr = seeds
-    else:  # jax.random.key keeps the low 32 bits of a seed when 64-bit mode is off
-        arr = (seeds % (1 << 32)).astype(np.uint32)
-    keys = _batch_keys(str(jax.config.jax_default_prng_impl))(jnp.asarray(arr))
-    return np.asarray(jax.random.key_data(keys)), str(jax.random.key_impl(keys))
-
-
-@functools.cache
-def _batch_keys(impl: str):
-    """``vmap(jax.random.key)``, compiled once per default implementation (run op by
-    op, it cost a small sweep a third of its time)."""
-    return jax.jit(jax.vmap(lambda s: jax.random.key(s, impl=impl)))
-
-
-def _inputs(ex: Executive, seeds, keys, init, params) -> _Spec:
-    lengths: dict[str, int] = {}
-    if seeds is not None and keys is not None:
-        raise ModelError("sweep: give seeds= or keys=, not both")
-    seed_arr = None
-    if keys is not None:
-        kd, impl = _key_data(keys, "sweep: keys")
-        lengths["keys"] = len(kd)
-    elif seeds is not None and not isinstance(seeds, (int, np.integer)):
-        seed_arr = _as_seed_array(seeds, "sweep: seeds")
-        lengths["seeds"] = len(seed_arr)
-    layout = ex.layout
-    init_arr: dict[str, np.ndarray] = {}
-    for name, v in dict(init or {}).items():
-        name = getattr(name, "name", name)
-        if name not in layout.var_index:
-            raise ModelError(f"sweep: init names unknown variable {name!r}; the variables are {list(layout.variables)}")
-        init_arr[name] = np.asarray(v)
-        lengths[f"init[{name!r}]"] = _length(init_arr[name], f"init[{name!r}]")
-    mech_arr: dict[str, np.ndarray] = {}
-    conf_arr: dict[int, np.ndarray] = {}
-    given_params: dict[str, np.ndarray] = {}  # as the user gave them, for res.inputs
-    for path, v in dict(params or {}).items():
-        param = parameter(ex, path)  # names the culprit if the path is wrong
-        owner, field = path.split(".")
-        v = np.asarray(v)
-        lengths[f"params[{path!r}]"] = _length(v, f"params[{path!r}]")
-        if owner in layout.var_index and field == "init":
-            if owner in init_arr:
-                raise ModelError(f"sweep: the initial value of {owner!r} is given twice, in init= and as "
-                                 f"params['{path}']")
-            init_arr[owner] = v
-            continue
-        old = param.get(ex)
-        shape = tuple(jnp.shape(old))
-        if v.shape[1:] != shape:
-            raise ModelError(
-                f"sweep: params[{path!r}] must have shape (scenarios, *{shape}) = (n, {', '.join(map(str, shape))}), "
-                f"one value per scenario; got shape {v.shape}"
-            )
-        dtype = getattr(old, "dtype", None) or np.result_type(old)
-        if owner in layout.var_index:
-            conf_arr[layout.var_index[owner]] = v.astype(dtype)
-        else:
-            mech_arr[path] = v.astype(dtype)
-        given_params[path] = v
-    if len(set(lengths.values())) > 1:
-        listed = ", ".join(f"{k}: {n}" for k, n in lengths.items())
-        raise ModelError(f"sweep: seeds/keys, init and params are zipped, one entry per scenario, so their "
-                         f"lengths must agree; got {listed}")
-    if not lengths:
-        raise ModelError("sweep: say how many scenarios to run with seeds=, keys=, init= or params= "
-                         "(a sequence with one entry per scenario)")
-    n = next(iter(lengths.values()))
-    if n == 0:
-        raise ModelError("sweep: no scenarios (the inputs are empty)")
-    given_init = dict(init_arr)
-    for name, v in init_arr.items():
-        var = ex.variable(name)
-        if v.dtype.kind in "OUS" or v.dtype == bool:
-            v = np.asarray([var.encode(x) for x in v.tolist()])
-        else:  # the domain check of ex.init, on the whole column at once
-            try:
-                vf = v.astype(np.float64)
-            except (TypeError, ValueError):
-                raise ModelError(f"sweep: init[{name!r}] must hold numbers, got dtype {v.dtype}") from None
-            inside = np.asarray(var.domain.contains(jnp.asarray(vf))) & ~np.isnan(vf)
-            if not inside.all():
-                i = int(np.flatnonzero(~inside)[0])
-                raise ModelError(f"sweep: init[{name!r}][{i}] = {float(vf[i])!r} lies outside the domain "
-                                 f"{var.domain!r} of variable {name!r}")
-        init_arr[name] = v.astype(ex.dtype)
-    if keys is None:
-        if seed_arr is None:
-            seed_arr = np.full((n,), 0 if seeds is None else int(seeds), np.int64)
-        kd, impl = _seed_keys(seed_arr)
-    inputs = SweepInputs(seeds=seed_arr, key_data=kd, key_impl=impl, init=given_init, params=given_params)
-    return _Spec(n=n, inputs=inputs, init=init_arr, mech=mech_arr, init_conf=conf_arr)
-
-
-def _length(v: np.ndarray, where: str) -> int:
-    if v.ndim == 0:
-        raise ModelError(f"sweep: {where} must hold one value per scenario, got a scalar "
-                         f"(for one value shared by every scenario use ex.replace(...))")
-    return len(v)
-
-
-def _save_spec(ex, save, save_every, variables, fields) -> Save | None:
-    short = {k: v for k, v in (("save_every", save_every), ("variables", variables), ("fields", fields))
-             if v is not None}
-    if save is _DEFAULT:
-        kw = {}
-        if save_every is not None:
-            kw["every"] = save_every
-        if variables is not None:
-            kw["variables"] = (variables,) if isinstance(variables, str) else tuple(variables)
-        if fields is not None:
-            kw["fields"] = fields
-        save = Save(**kw)
-    elif short:
-        raise ModelError(f"sweep: give save=Save(...) or the shorthands {sorted(short)}, not both")
-    if save is not None:
-        if not isinstance(save, Save):
-            raise ModelError(f"sweep: save must be a procela_jax.Save or None, got {save!r}")
-        for name in save.variables or ():
-            if name not in ex.layout.var_index:
-                raise ModelError(f"sweep: save names unknown variable {name!r}; the variables are "
-                                 f"{list(ex.layout.variables)}")
-        if save.audit and not ex.audit:
-            raise ModelError("sweep: Save(audit=True) needs an executive built with audit=True")
-    return save
-
-
-def _stat_key(stat) -> str:
-    """The key of a statistic in ``res.summaries``: its name, or ``"q<quantile>"``."""
-    if isinstance(stat, str):
-        return stat
-    return f"q{float(stat):g}"
-
-
-def _summary_spec(summaries, save):
-    if summaries is None or summaries is False:
-        return None
-    if summaries is True:
-        summaries = DEFAULT_SUMMARIES
-    if isinstance(summaries, (str, float, int)):
-        summaries = (summaries,)
-    out = []
-    for s in summaries:
-        if isinstance(s, str):
-            if s not in SUMMARY_STATS:
-                raise ModelError(f"sweep: unknown summary {s!r}; use {SUMMARY_STATS} or quantiles in [0, 1]")
-            out.append(s)
-        elif isinstance(s, (int, float, np.floating, np.integer)) and not isinstance(s, bool) and 0 <= s <= 1:
-            out.append(float(s))
-        else:
-            raise ModelError(f"sweep: summary {s!r} is neither one of {SUMMARY_STATS} nor a quantile in [0, 1]")
-    if not out or len(set(out)) != len(out):
-        raise ModelError(f"sweep: summaries must list distinct statistics, got {tuple(summaries)}")
-    if save is None:
-        raise ModelError("sweep: summaries= reduce what save= keeps; save=None keeps nothing")
-    if save.fn is not None or save.audit:
-        raise ModelError("sweep: summaries= reduce saved fields only; Save(fn=...) and Save(audit=True) "
-                         "need per-scenario trajectories (summaries=None)")
-    return tuple(out)
-
-
-# ---- sizes, chunks and blocks -------------------------------------------------
-def _tree_bytes(tree) -> int:
-    total = 0
-    for x in jax.tree.leaves(tree):
-        dtype = x.dtype
-        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-            total += math.prod(x.shape) * 8
-        else:
-            total += math.prod(x.shape) * np.dtype(dtype).itemsize
-    return total
-
-
-def _save_bytes(ex, save) -> int:
-    """Bytes one scenario keeps per saved step (fields, the step, ``Save.fn`` output)."""
-    if save is None:
-        return 0
-    names = save.variables if save.variables is not None else ex.layout.variables
-    item = np.dtype(ex.dtype).itemsize
-    total = len(names) * len(save.fields) * item + 4
-    if save.fn is not None:
-        total += _tree_bytes(jax.eval_shape(save.fn, ex.abstract_state()))
-    if save.audit:
-        width = len(ex.tables.slot_prop[0]) if ex.layout.variables else 0
-        total += len(names) * (width * (3 * item + 1) + 4)
-    return total
-
-
-def _available_host_bytes() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
-
-
-def _device_budget(mesh) -> int:
-    """Bytes one device may give a chunk: half its free memory, or a quarter of the
-    host's free memory (at most 1 GiB) shared by the local devices when it reports
-    none (CPU)."""
-    dev = mesh.devices.flat[0]
-    try:
-        ms = dev.memory_stats() or {}
-    except Exception:  # noqa: BLE001 - some backends do not implement it
-        ms = {}
-    if "bytes_limit" in ms:
-        return max(1 << 20, (ms["bytes_limit"] - ms.get("bytes_in_use", 0)) // 2)
-    share = min(_available_host_bytes() // 4, 1 << 30)  # bounded, so peaks do not track free memory
-    return max(1 << 20, share // max(1, jax.local_device_count()))
-
-
-_SIZES: dict = {}
-
-
-def _sizes(ex, save) -> tuple[int, int]:
-    """(bytes of one scenario's state, bytes it keeps per saved step), cached per model."""
-    leaves, treedef = jax.tree.flatten(ex)
-    key = (treedef, tuple((getattr(x, "shape", None), str(getattr(x, "dtype", type(x)))) for x in leaves), save)
-    try:
-        hit = _SIZES.get(key)
-    except TypeError:  # something unhashable in the static structure: no cache
-        return _tree_bytes(ex.abstract_state()), _save_bytes(ex, save)
-    if hit is None:
-        if len(_SIZES) > 64:
-            _SIZES.clear()
-        hit = _SIZES[key] = (_tree_bytes(ex.abstract_state()), _save_bytes(ex, save))
-    return hit
-
-
-def _placement(ex, spec, steps, save, stats, chunk_size, devices, progress):
-    mesh = scenario_mesh(devices)
-    n_dev = mesh.devices.size
-    n = spec.n
-    state_bytes, per_save = _sizes(ex, save)
-    every = save.every if save is not None else 1
-    n_saves = steps // every if save is not None else 0
-    blocks_hint = 10 if progress else 1
-    if chunk_size is not None:
-        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
-            raise ModelError(f"sweep: chunk_size must be a positive int, got {chunk_size!r}")
-        per_device = -(-int(chunk_size) // n_dev)  # fixed, whatever n: one compile per chunk_size
-    else:
-        budget = _device_budget(mesh)
-        block = max(1, -(-n_saves // blocks_hint)) if n_saves else 0
-        if stats is None:
-            need = 2 * (2 * state_bytes + block * per_save)
-        else:
-            need = 2 * state_bytes
-        per_device = max(1, min(-(-n // n_dev), budget // max(1, need)))
-    per_device = -(-per_device // ROW_TILE) * ROW_TILE
-    placement = Placement(mesh=mesh, per_device=per_device)
-    # host memory: refuse early what cannot fit
-    n_local = n if jax.process_count() == 1 else len(placement.local_rows(n))
-    if stats is None:
-        host = n_local * (n_saves * per_save + state_bytes)
-        avail = _available_host_bytes()
-        if host > avail:
-            raise ModelError(
-                f"sweep: keeping {n_local} scenarios x {n_saves} saved steps needs about {host / 2**30:.1f} GiB "
-                f"of host memory, more than the {avail / 2**30:.1f} GiB available; save fewer variables or fields "
-                f"(save=Save(every=..., variables=..., fields=...)), keep summaries across scenarios "
-                f"(summaries=...), or sweep fewer scenarios at a time"
-            )
-    return placement, dict(state_bytes=state_bytes, bytes_per_saved_step=per_save), blocks_hint
-
-
-@dataclasses.dataclass(frozen=True)
-class _BlockPlan:
-    """Host-side blocks of a run: ``(steps, save or None)`` each, saved blocks first."""
-
-    blocks: tuple[tuple[int, Save | None], ...]
-    every: int
-
-    @property
-    def n_saves(self) -> int:
-        return sum(s // save.every for s, save in self.blocks if save is not None)
-
-
-def _block_plan(steps, save, block_steps, n_blocks_hint, cap=None) -> _BlockPlan:
-    every = save.every if save is not None else 1
-    if block_steps is not None:
-        if (not isinstance(block_steps, (int, np.integer)) or isinstance(block_steps, bool)
-                or block_steps < 1 or block_steps % every):
-            raise ModelError(f"sweep: block_steps must be a positive multiple of save.every={every}, "
-                             f"got {block_steps!r}")
-    n_units, tail = divmod(steps, every)  # units: saved steps (or single steps without save)
-    if block_steps is not None:
-        per = int(block_steps) // every
-    else:
-        target = max(1, -(-n_units // n_blocks_hint))
-        per = _nice_divisor(n_units, target if cap is None else min(target, cap))
-    full, rest = divmod(n_units, per)
-    units = (per,) * full + ((rest,) if rest else ())
-    blocks = tuple((u * every, save) for u in units)
-    if tail:
-        blocks += ((tail, None),)
-    return _BlockPlan(blocks=blocks, every=every)
-
-
-def _nice_divisor(total: int, target: int) -> int:
-    """A block length near ``target`` that divides ``total`` when one is close (one compile)."""
-    if total <= 0:
-        return max(1, target)
-    for d in range(target, max(1, target // 2) - 1, -1):
-        if total % d == 0:
-            return d
-    for d in range(target + 1, min(total, 2 * target) + 1):
-        if total % d == 0:
-            return d
-    return target
 
 
 # ---- the compiled pieces ------------------------------------------------------

@@ -404,7 +404,7 @@ def test_summary_blocks_are_cut_to_bound_the_gathered_values(monkeypatch):
     whole = pj.sweep(EX, STEPS, **kw)
     assert whole.info["block_steps"] == [STEPS]
     # one saved step of every scenario's values: 12 scenarios x 1 variable x 2 fields x 4 bytes
-    monkeypatch.setattr(_sweep, "_VALUES_BUDGET", 2 * 12 * 1 * 2 * 4)
+    monkeypatch.setattr(_sweep, "VALUES_BUDGET", 2 * 12 * 1 * 2 * 4)
     cut = pj.sweep(EX, STEPS, **kw)
     assert cut.info["block_steps"] == [2, 2, 2]
     for stat in ("mean", 0.5):

@@ -22,7 +22,7 @@ import jax
 #: Slot tables of at most this many entries (variables x slots) are applied with
 #: static slices, which XLA fuses into the step's elementwise kernels; larger
 #: ones with one gather.
-STATIC_SLOTS = 1024
+STATIC_SLOTS = 64
 #: A batched step of at most this many slots resolves variable by variable.
 BY_VARIABLE_SLOTS = 32
 #: Ring buffers of at most this many entries are written with a masked blend in

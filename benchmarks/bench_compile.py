@@ -179,6 +179,7 @@ def measure_hand(n_mech: int) -> dict:
 
 def measure_original(n_mech: int) -> dict:
     import procela  # noqa: F401 - imported before the clock starts, as procela_jax is
+    import _worlds  # noqa: F401 - (its quiet logger; it imports JAX)
 
     t0 = time.perf_counter()
     original_world(n_mech)

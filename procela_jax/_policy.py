@@ -84,20 +84,18 @@ def _halves_mean(a, b):
     return jnp.where(jnp.isfinite(m) | ~(jnp.isfinite(a) & jnp.isfinite(b)), m, a / 2 + b / 2)
 
 
+#: Weighted sums are taken of products scaled by this power of two, and the mean
+#: scaled back: the sum of many values near the dtype's largest then does not
+#: overflow, and every other result keeps its bits (a product by a power of two
+#: is exact and commutes with rounding, down to values near the smallest normal
+#: number, which XLA's CPU code flushes to zero anyway).
+_SUM_SCALE = 2.0**-16
+
+
 def _weighted_mean(total, v, w, wsum):
-    """``total(v * w) / wsum``. Where the sum of products overflows although every
-    value is finite, the values are first scaled by a power of two (exact) that
-    brings the largest below 1, and the mean scaled back: a weighted mean never
-    exceeds its largest value. Elsewhere nothing changes, bit for bit."""
-    value = _safe_div(total([unfused(a * b) for a, b in zip(v, w)]), wsum)
-    big = functools.reduce(jnp.maximum, [jnp.abs(a) for a in v])
-    over = ~jnp.isfinite(value) & jnp.isfinite(big)
-    _, e = jnp.frexp(jnp.where(over, big, 1))
-    # two factors, each a normal number (one 2**-e could be subnormal, flushed to 0)
-    one = jnp.ones_like(big)
-    lo, hi = jnp.ldexp(one, -(e // 2)), jnp.ldexp(one, -(e - e // 2))
-    scaled = _safe_div(total([unfused(a * lo * hi * b) for a, b in zip(v, w)]), wsum)
-    return jnp.where(over, scaled / lo / hi, value)
+    """``total(v * w) / wsum``, computed on scaled products (see ``_SUM_SCALE``)."""
+    down = jnp.asarray(_SUM_SCALE, wsum.dtype)
+    return _safe_div(total([unfused(a * b * down) for a, b in zip(v, w)]), wsum) / down
 
 
 def _total(xs):

@@ -99,13 +99,13 @@ def governed():
         return state.enable("p1_3")
 
     invs = [
-        pj.SystemInvariant("calm", lambda v: v["v0"] < 3.0, on_violation=switch, phase=pj.InvariantPhase.POST,
-                           severity=pj.InvariantSeverity.WARNING),
+        pj.SystemInvariant("calm", lambda v: (v["v0"] < 3.0) & (v.step != 2), on_violation=switch,
+                           phase=pj.InvariantPhase.POST, severity=pj.InvariantSeverity.WARNING),
         pj.SystemInvariant("pending", lambda v: jnp.sum(v.pending("v1")["mask"]) >= 1,
                            phase=pj.InvariantPhase.RUNTIME, severity=pj.InvariantSeverity.INFO),
         pj.SystemInvariant("wake", lambda v: v.step % 4 != 3, on_violation=reenable, phase=pj.InvariantPhase.PRE,
                            severity=pj.InvariantSeverity.WARNING),
-        pj.SystemInvariant("limit", lambda v: v["v3"] > -40.0, phase=pj.InvariantPhase.POST,
+        pj.SystemInvariant("limit", lambda v: (v["v3"] > -40.0) & (v.step < 7), phase=pj.InvariantPhase.POST,
                            severity=pj.InvariantSeverity.FATAL),
     ]
     vs = [pj.Variable(f"v{i}", pj.RangeDomain(-50.0, 50.0), init=float(i), memory=3,
@@ -207,6 +207,11 @@ def _check(name, dtype, single=SINGLE, batched=BATCHED):
     ex = ZOO[name]()
     assert ex.dtype == dtype
     state = ex.init(jax.random.key(3))
+    if name == "governed":  # the run switches a policy, disables a member and halts
+        final = ex.run(state, STEPS, plan=PLAIN)[0]
+        assert bool(final.halted) and int(final.halted_at) == 7
+        assert int(final.policy_index("v2")) == 1
+        assert int(final.violations("calm")) >= 1 and int(final.violations("wake")) >= 1
     base = PLAIN
     if len(ex.tables.slot_prop) * len(ex.tables.slot_prop[0]) > STATIC_SLOTS:
         # static slots unrolled over more than STATIC_SLOTS entries are never chosen

@@ -93,9 +93,11 @@ _SUM_SCALE = 2.0**-16
 
 
 def _weighted_mean(total, v, w, wsum):
-    """``total(v * w) / wsum``, computed on scaled products (see ``_SUM_SCALE``)."""
+    """``total(v * w) / wsum`` (``w=None``: ``total(v) / wsum``), computed on
+    scaled products (see ``_SUM_SCALE``)."""
     down = jnp.asarray(_SUM_SCALE, wsum.dtype)
-    return _safe_div(total([unfused(a * b * down) for a, b in zip(v, w)]), wsum) / down
+    terms = [a * down for a in v] if w is None else [unfused(a * b * down) for a, b in zip(v, w)]
+    return _safe_div(total(terms), wsum) / down
 
 
 def _total(xs):
@@ -212,7 +214,9 @@ class WeightedConfidencePolicy(Policy):
         n = seqsum(mask.astype(values.dtype))
         csum = seqsum(c)
         weighted = csum > 0
-        value = jnp.where(weighted, _safe_div(seqsum(unfused(v * c)), csum), _safe_div(seqsum(v), n))
+        cols = lambda xs: seqsum(jnp.stack(xs, -1))  # noqa: E731
+        vs, cs = _unstack(v), _unstack(c)
+        value = jnp.where(weighted, _weighted_mean(cols, vs, cs, csum), _weighted_mean(cols, vs, None, n))
         conf = jnp.where(weighted, _safe_div(csum, n), 0.0)
         return value, conf.astype(values.dtype), jnp.full(value.shape, -1, jnp.int32)
 
@@ -222,8 +226,7 @@ class WeightedConfidencePolicy(Policy):
         n = _total([m.astype(x.dtype) for x, m in zip(values, mask)])
         csum = _total(c)
         weighted = csum > 0
-        value = jnp.where(weighted, _safe_div(_total([unfused(a * b) for a, b in zip(v, c)]), csum),
-                          _safe_div(_total(v), n))
+        value = jnp.where(weighted, _weighted_mean(_total, v, c, csum), _weighted_mean(_total, v, None, n))
         conf = jnp.where(weighted, _safe_div(csum, n), 0.0)
         return value, conf.astype(jnp.result_type(values[0])), jnp.full(value.shape, -1, jnp.int32)
 
@@ -279,13 +282,13 @@ class MeanPolicy(Policy):
         if 0 < values.shape[-1] <= _NARROW:
             return self.resolve_slots(*map(_unstack, (values, confidences, weights, mask)))
         n = seqsum(mask.astype(values.dtype))
-        value = _safe_div(seqsum(_masked(values, mask)), n)
+        value = _weighted_mean(lambda xs: seqsum(jnp.stack(xs, -1)), _unstack(_masked(values, mask)), None, n)
         conf = _safe_div(seqsum(_masked(confidences, mask)), n)
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 
     def resolve_slots(self, values, confidences, weights, mask):
         n = _total([m.astype(x.dtype) for x, m in zip(values, mask)])
-        value = _safe_div(_total([_masked(x, m) for x, m in zip(values, mask)]), n)
+        value = _weighted_mean(_total, [_masked(x, m) for x, m in zip(values, mask)], None, n)
         conf = _safe_div(_total([_masked(x, m) for x, m in zip(confidences, mask)]), n)
         return value, conf, jnp.full(value.shape, -1, jnp.int32)
 

@@ -298,7 +298,8 @@ def test_not_a_policy_fails_with_the_variable_name():
         pj.Variable("X", policy=pj.MeanPolicy(), alternatives=[pj.MeanPolicy()])
 
 
-@pytest.mark.parametrize("policy", [pj.WeightedVotingPolicy(), pj.MedianPolicy()])
+@pytest.mark.parametrize("policy", [pj.WeightedVotingPolicy(), pj.MedianPolicy(), pj.MeanPolicy(),
+                                    pj.WeightedConfidencePolicy()])
 @pytest.mark.parametrize("width", [2, 40])  # slot by slot, and stacked
 def test_resolution_does_not_overflow_where_the_inputs_do_not(policy, width):
     """Two (or forty) hypotheses near float32's largest value resolve to their mean,
@@ -312,9 +313,14 @@ def test_resolution_does_not_overflow_where_the_inputs_do_not(policy, width):
     small = rng.normal(size=(5, width)).astype(np.float32)
     conf = rng.uniform(size=(5, width)).astype(np.float32)
     got = policy.resolve(jnp.asarray(small), jnp.asarray(conf), jnp.ones((5, width)), jnp.ones((5, width), bool))[0]
-    if isinstance(policy, pj.WeightedVotingPolicy):
+    if isinstance(policy, (pj.WeightedVotingPolicy, pj.MeanPolicy)):
         plain = np.asarray([sum(np.float32(x) * np.float32(1) for x in row) for row in small], np.float32) / width
         np.testing.assert_array_equal(np.asarray(got), plain.astype(np.float32))
+    elif isinstance(policy, pj.WeightedConfidencePolicy):
+        num = np.asarray([sum(np.float32(x) * np.float32(y) for x, y in zip(r, q)) for r, q in zip(small, conf)],
+                         np.float32)
+        den = np.asarray([sum(np.float32(y) for y in q) for q in conf], np.float32)
+        np.testing.assert_array_equal(np.asarray(got), (num / den).astype(np.float32))
     else:
         s = np.sort(small, axis=1)
         mid = (s[:, (width - 1) // 2] + s[:, width // 2]) / np.float32(2)

@@ -29,15 +29,7 @@ import equinox as eqx  # noqa: E402
 
 import procela_jax as pj  # noqa: E402
 from procela_jax import _jit  # noqa: E402
-
-
-def leaves(tree) -> list[np.ndarray]:
-    out = []
-    for x in jax.tree.leaves(tree):
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        out.append(np.asarray(x))
-    return out
+from _leaves import host_leaves as leaves  # noqa: E402
 
 
 def core() -> dict[str, list[np.ndarray]]:

@@ -12,6 +12,7 @@ import procela_jax as pj
 from conftest import host_leaves
 from procela_jax._hints import fence, materialize
 from procela_jax._step import run_impl
+from test_plan import Spread as Noisy  # a random walk that now and then proposes NaN
 
 
 @settings(max_examples=40, deadline=None)
@@ -34,21 +35,6 @@ def test_materialize_returns_every_bit(x):
             np.testing.assert_array_equal(got.view(bits), want.view(bits))
         else:
             np.testing.assert_array_equal(got, want)
-
-
-class Noisy(pj.Mechanism):
-    """A random walk that now and then proposes NaN (an invalid hypothesis)."""
-
-    scale: float = 1.0
-
-    def transform(self, values, key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        out = {}
-        for j, n in enumerate(self.writes):
-            v = values[n] + self.scale * jax.random.normal(jax.random.fold_in(k1, j))
-            v = jnp.where(jax.random.uniform(jax.random.fold_in(k3, j)) < 0.1, jnp.nan, v)
-            out[n] = pj.VariableRecord(v, confidence=jax.random.uniform(jax.random.fold_in(k2, j)))
-        return out
 
 
 def _world():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import types
 from collections.abc import Callable, Sequence
@@ -16,12 +15,11 @@ from jaxtyping import Array, PyTree
 
 from ._errors import ModelError
 from ._invariant import SystemInvariant
-from ._jit import unrolled_threefry
 from ._layout import Layout
 from ._mechanism import Mechanism, stable_id
 from ._memory import SOURCE_EXTERNAL, Memory
 from ._paths import parameter
-from ._plan import TracePlan, choose_plan
+from ._plan import TracePlan, choose_plan, lowering
 from ._recovery import FailureLog, Recovery
 from ._save import Save, Trajectory
 from ._state import State, commit_records
@@ -333,7 +331,7 @@ class Executive(eqx.Module):
         :class:`TracePlan` (default: :func:`choose_plan`'s)."""
         _check_state(self, state, "step")
         plan = _plan_for(self, state, plan)
-        with _lowering(plan):
+        with lowering(plan):
             return step_jit(self, state, plan)
 
     def run(
@@ -361,7 +359,7 @@ class Executive(eqx.Module):
                 self.layout.var(n)
         _check_state(self, state, "run")
         plan = _plan_for(self, state, plan)
-        with _lowering(plan):
+        with lowering(plan):
             return run_jit(self, state, int(steps), save, remat, plan)
 
     def abstract_state(self) -> State:
@@ -461,17 +459,6 @@ def _plan_for(ex: Executive, state: State, plan: TracePlan | None) -> TracePlan:
         return plan
     traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((ex, state)))
     return choose_plan(ex, traced=traced)
-
-
-def _lowering(plan: TracePlan):
-    """The threefry lowering the plan chose, while the step traces and compiles."""
-    if plan.hash == "unrolled":
-        return unrolled_threefry()
-    if plan.hash == "batched":
-        from ._jit import batched_threefry
-
-        return batched_threefry()
-    return contextlib.nullcontext()
 
 
 def _unique_names(kind: str, items, cls) -> list[str]:

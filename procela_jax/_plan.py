@@ -14,10 +14,13 @@ are in ``benchmarks/README.md``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Literal
 
 import jax
+
+from ._jit import batched_threefry, unrolled_threefry
 
 #: Slot tables of at most this many entries (variables x slots) are applied with
 #: static slices, which XLA fuses into the step's elementwise kernels; larger
@@ -131,3 +134,13 @@ def choose_plan(ex, *, batch: int | None = None, backend: str | None = None, tra
         fence=batched and by_variable and cpu,
         hash=hash_,
     )
+
+
+def lowering(plan: TracePlan):
+    """The threefry lowering ``plan.hash`` names, while the enclosed code traces and
+    compiles (a context manager; ``"default"`` changes nothing)."""
+    if plan.hash == "unrolled":
+        return unrolled_threefry()
+    if plan.hash == "batched":
+        return batched_threefry()
+    return contextlib.nullcontext()

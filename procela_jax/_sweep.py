@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 
 import equinox as eqx
@@ -13,9 +12,8 @@ import numpy as np
 from ._distributed import addressable_rows, gather_rows
 from ._errors import ModelError
 from ._executive import Executive
-from ._jit import batched_threefry
 from ._paths import parameter
-from ._plan import VALUES_BUDGET, TracePlan, choose_plan
+from ._plan import VALUES_BUDGET, TracePlan, choose_plan, lowering
 from ._save import Save, Trajectory
 from ._state import State
 from ._step import run_impl
@@ -317,7 +315,7 @@ def _run_block(ex, mech, init_conf, state, steps, save, sharding, gate, plan: Tr
     traced in the form ``plan`` chooses for a batch, with its threefry lowering
     (``_jit.batched_threefry`` on the CPU: the same bits). ``gate``: a replicated
     ``True`` for ``_hints.fence``, or None."""
-    with batched_threefry() if plan.hash == "batched" else contextlib.nullcontext():
+    with lowering(plan):
         return _run_block_jit(ex, mech, init_conf, state, steps, save, sharding, gate, plan)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._distributed import Placement, scenario_mesh
 from ._errors import ModelError
-from ._plan import ROW_TILE, VALUES_BUDGET
+from ._plan import ROW_TILE
 from ._save import Save
 
 #: Statistics ``summaries=`` understands by name (numbers in [0, 1] are quantiles).

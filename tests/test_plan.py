@@ -12,8 +12,7 @@ import pytest
 
 import procela_jax as pj
 from conftest import host_leaves
-from procela_jax._executive import _lowering
-from procela_jax._plan import BY_VARIABLE_SLOTS, STATIC_SLOTS
+from procela_jax._plan import BY_VARIABLE_SLOTS, STATIC_SLOTS, lowering
 from procela_jax._step import run_impl
 
 STEPS = 9
@@ -189,7 +188,7 @@ def _batched(ex, plan, states):
     def f(ex, s, gate):
         return jax.vmap(lambda s: run_impl(ex, s, STEPS, save, False, plan, gate))(s)
 
-    with _lowering(plan):
+    with lowering(plan):
         return f(ex, states, jnp.asarray(True) if plan.fence else None)
 
 
@@ -276,3 +275,16 @@ def test_a_plan_is_printable_and_checked():
     assert "TracePlan(" in repr(plan) and "slots=" in repr(plan)
     with pytest.raises(ValueError, match="resolution"):
         pj.TracePlan(resolution="sideways")
+
+
+def test_a_step_stacks_families_as_a_run_does():
+    """A run stacks the families' parameters once before its loop; a step stacks them
+    itself: the same bits, step after step."""
+    ex = ring(6)
+    plan = PLAIN.replace(family_members=1)
+    state = ex.init(jax.random.key(5))
+    stepped = state
+    for _ in range(STEPS):
+        stepped = ex.step(stepped, plan=plan)
+    ran, _ = ex.run(state, STEPS, plan=plan, save=None)
+    _same(ran, stepped, "step against run")

@@ -38,6 +38,7 @@ from ._errors import (
     InvariantViolation as InvariantViolation,
     InvariantViolationFatal as InvariantViolationFatal,
     ModelError as ModelError,
+    NonFiniteResolutionError as NonFiniteResolutionError,
 )
 from ._executive import Executive as Executive
 from ._infer import ConvergenceWarning as ConvergenceWarning, Posterior as Posterior, infer as infer

@@ -28,7 +28,7 @@ from ._errors import ModelError
 from ._executive import Executive
 from ._paths import parameter
 from ._plan import choose_plan
-from ._step import run_jit
+from ._step import run_jit, starts_joined
 from ._mechanism import BASE_FIELDS
 from ._save import Save
 
@@ -308,8 +308,9 @@ def mse_loss(predicted: dict, observed: dict):
 def _run(ex: Executive, state, steps: int, save: Save, remat: bool):
     """``ex.run`` with rows written one by one: differentiated, the blocks that make a
     forward run faster cost more in the backward pass (figures in benchmarks/README.md,
-    bench_calibrate)."""
-    plan = choose_plan(ex, traced=True).replace(block_rows=False)
+    bench_calibrate). ``state`` descends from ``ex.init``, so the variables joined
+    there stay joined."""
+    plan = choose_plan(ex, traced=True, all_joined=starts_joined(ex)).replace(block_rows=False)
     return run_jit(ex, state, int(steps), save, remat, plan)
 
 

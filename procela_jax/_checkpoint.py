@@ -29,7 +29,10 @@ import numpy as np
 from ._errors import CheckpointError
 
 MAGIC = b"PROCELA_JAX_CHECKPOINT\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: State fields added by each format version after the first, in field order (at
+#: the end of the state), with what an older file's state gets for them.
+_ADDED = {2: ("joined", "nonfinite_resolved", "nonfinite_first_step")}
 # this host's name as it appears in temporary file names (no separators)
 _HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
 
@@ -38,9 +41,18 @@ def _with_key_data(state):
     return eqx.tree_at(lambda s: s.key, state, jax.random.key_data(state.key))
 
 
-def _fingerprint(state_with_key_data) -> str:
+def _fingerprint(state_with_key_data, version: int = FORMAT_VERSION) -> str:
+    """The model's structure, as a file of format ``version`` recorded it (the
+    state's tree less the fields added by later versions, which are its last)."""
     leaves, treedef = jax.tree.flatten(state_with_key_data)
     layout = state_with_key_data.layout
+    tree = str(treedef).replace(repr(layout), "<layout>")
+    later = sum(len(f) for v, f in _ADDED.items() if v > version)
+    if later:
+        tail = ", *" * later + "]))"
+        assert tree.endswith(tail), tree[-80:]
+        tree = tree[: -len(tail)] + "]))"
+        leaves = leaves[:-later]
     desc = repr(
         (
             "layout",
@@ -51,7 +63,7 @@ def _fingerprint(state_with_key_data) -> str:
             tuple(repr(d) for d in layout.domains),
             layout.out_of_domain,
             "treedef",
-            str(treedef).replace(repr(layout), "<layout>"),
+            tree,
             "dtypes",
             tuple(str(jnp.result_type(x)) for x in leaves),
         )
@@ -233,9 +245,10 @@ def load_checkpoint(path, executive):
         raise CheckpointError(f"{path}: the header is corrupt")
     _check_header(path, header, ["format_version"])
     version = header["format_version"]
-    if version != FORMAT_VERSION:
+    if not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {version} is not supported (this is version {FORMAT_VERSION})"
+            f"{path}: checkpoint format version {version} is not supported (this engine reads "
+            f"versions 1 to {FORMAT_VERSION}; a newer procela_jax wrote it)"
         )
     _check_header(path, header, [f for f in _HEADER if f != "format_version"])
     if len(payload) != header.get("payload_bytes"):
@@ -245,13 +258,14 @@ def load_checkpoint(path, executive):
     if hashlib.sha256(payload).hexdigest() != header.get("payload_sha256"):
         raise CheckpointError(f"{path} is corrupt: its payload checksum does not match")
     template = _with_key_data(executive.init(jax.random.key(0)))
-    if header.get("fingerprint") != _fingerprint(template):
+    if header.get("fingerprint") != _fingerprint(template, version):
         raise CheckpointError(
             f"{path} was saved from a different model (variables {header.get('variables')}); "
             f"this executive has variables {list(executive.layout.variables)} and another "
             "structure. Load it with the executive that saved it."
         )
-    leaves, treedef = jax.tree.flatten(template)
+    older = _older(template, version)
+    leaves, treedef = jax.tree.flatten(older)
     shapes = header["shapes"]
     if len(shapes) != len(leaves):
         raise CheckpointError(f"{path}: leaf count does not match the model")
@@ -274,4 +288,35 @@ def load_checkpoint(path, executive):
         key = jax.random.wrap_key_data(loaded.key, impl=impl) if impl else jax.random.wrap_key_data(loaded.key)
     except Exception:  # noqa: BLE001
         key = jax.random.wrap_key_data(loaded.key)
-    return eqx.tree_at(lambda s: s.key, loaded, key)
+    return _upgrade(executive, eqx.tree_at(lambda s: s.key, loaded, key), version)
+
+
+class _Dropped:
+    """Stands for a state field a file's format does not have (a pytree with no leaves)."""
+
+
+jax.tree_util.register_pytree_node(_Dropped, lambda d: ((), None), lambda _, __: _Dropped())
+
+
+def _older(state, version: int):
+    """``state`` with the fields added after ``version`` emptied (no leaves)."""
+    added = [f for v, fields in _ADDED.items() if v > version for f in fields]
+    if not added:
+        return state
+    return eqx.tree_at(lambda s: [getattr(s, f) for f in added], state, [_Dropped()] * len(added))
+
+
+def _upgrade(executive, state, version: int):
+    """Fill the fields a format-``version`` file lacks: format 1 committed every
+    written variable from the start, so its written variables are joined; the
+    non-finite resolution counters start at zero."""
+    if version >= 2:
+        return state
+    batch = state.values.shape[:-1]
+    writable = jnp.broadcast_to(jnp.asarray(np.asarray(executive.layout.writable, bool)), state.values.shape)
+    n = state.values.shape[-1]
+    return eqx.tree_at(
+        lambda s: (s.joined, s.nonfinite_resolved, s.nonfinite_first_step),
+        state,
+        (writable, jnp.zeros(batch + (n,), jnp.int32), jnp.full(batch + (n,), -1, jnp.int32)),
+    )

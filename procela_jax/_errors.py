@@ -30,6 +30,20 @@ class InvalidProposalError(RuntimeError):
         )
 
 
+class NonFiniteResolutionError(RuntimeError):
+    """A variable's policy resolved valid hypotheses to a non-finite value."""
+
+    def __init__(self, variable: str, step: int, count: int):
+        self.variable = variable
+        self.step = step
+        self.count = count
+        super().__init__(
+            f"variable {variable!r} resolved to a non-finite value from finite hypotheses first at "
+            f"step {step} ({count} time{'s' if count != 1 else ''} in all; see state.nonfinite_resolved); the value is "
+            "committed under the variable's out_of_domain rule"
+        )
+
+
 class InvariantViolation(RuntimeError):
     """Base class of invariant violations raised by the Python entry points."""
 

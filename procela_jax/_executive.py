@@ -24,7 +24,7 @@ from ._recovery import FailureLog, Recovery
 from ._save import Save, Trajectory
 from ._state import State, commit_records
 from ._statistics import Stats
-from ._step import run_jit, step_jit
+from ._step import all_joined, joined_at_init, run_jit, step_jit, writer_enabled
 from ._theories import Family, build_families
 from ._validate import check_fields, trial_trace
 from ._variable import Variable
@@ -456,9 +456,16 @@ def _plan_for(ex: Executive, state: State, plan: TracePlan | None) -> TracePlan:
     if plan is not None:
         if not isinstance(plan, TracePlan):
             raise TypeError(f"plan must be a procela_jax.TracePlan, got {plan!r}")
+        if (plan.commit == "writable" and not isinstance(state.joined, jax.core.Tracer)
+                and not all_joined(ex, state)):
+            unjoined = [v for v, w, j in zip(ex.layout.variables, ex.layout.writable,
+                                             np.asarray(state.joined).reshape(-1, len(ex.layout.variables)).all(0))
+                        if w and not j]
+            raise ValueError(f"plan commit='writable' needs every written variable joined; {unjoined} "
+                             "have not (use commit='joined')")
         return plan
     traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((ex, state)))
-    return choose_plan(ex, traced=traced)
+    return choose_plan(ex, traced=traced, all_joined=not traced and all_joined(ex, state))
 
 
 def _unique_names(kind: str, items, cls) -> list[str]:
@@ -541,6 +548,9 @@ def _initial_state(ex: Executive, key, overrides, active, aux) -> State:
         failures=FailureLog.empty(ex.failure_log_size),
         audit=_empty_audit(ex) if ex.audit else None,
         aux=ex.aux if aux is None else _to_arrays(aux, dtype),
+        joined=jnp.asarray(joined_at_init(ex)),
+        nonfinite_resolved=z(n),
+        nonfinite_first_step=neg(n),
         layout=layout,
     )
     everything = jnp.ones((n,), bool)
@@ -577,15 +587,21 @@ def _carry_over(ex: Executive, old: State) -> State:
     mech_map = [(nl.mech_index[n], ol.mech_index[n]) for n in nl.mechanisms if n in ol.mech_index]
     inv_map = [(nl.inv_index[n], ol.inv_index[n]) for n in nl.invariants if n in ol.inv_index]
 
+    halted_by = np.full(len(ol.invariants) + 1, -1, np.int32)  # old index -> new (-1 -> -1)
+    for a, b in inv_map:
+        halted_by[b] = a
+
     def remap(new_arr, old_arr, pairs):
         for a, b in pairs:
             new_arr = new_arr.at[a].set(old_arr[b])
         return new_arr
 
+    enabled = remap(new.enabled, old.enabled, mech_map)
     return eqx.tree_at(
         lambda s: (
             s.step, s.key, s.values, s.confidences, s.stats_, s.memory, s.active_policy,
-            s.domain_violations, s.domain_first_step, s.safe_mode, s.halted, s.halted_at, s.aux,
+            s.domain_violations, s.domain_first_step, s.safe_mode, s.halted, s.halted_by, s.halted_at,
+            s.aux, s.joined, s.nonfinite_resolved, s.nonfinite_first_step,
             s.enabled, s.invalid_proposals, s.invalid_first_step,
             s.violation_count, s.violation_first_step, s.violation_last_step, s.invariant_active,
             s.failures,
@@ -593,9 +609,11 @@ def _carry_over(ex: Executive, old: State) -> State:
         new,
         (
             old.step, old.key, old.values, old.confidences, old.stats_, old.memory, old.active_policy,
-            old.domain_violations, old.domain_first_step, old.safe_mode, old.halted, old.halted_at,
+            old.domain_violations, old.domain_first_step, old.safe_mode, old.halted,
+            jnp.asarray(halted_by)[old.halted_by], old.halted_at,
             old.aux if jax.tree.structure(old.aux) == jax.tree.structure(new.aux) else new.aux,
-            remap(new.enabled, old.enabled, mech_map),
+            old.joined | writer_enabled(ex, enabled), old.nonfinite_resolved, old.nonfinite_first_step,
+            enabled,
             remap(new.invalid_proposals, old.invalid_proposals, mech_map),
             remap(new.invalid_first_step, old.invalid_first_step, mech_map),
             remap(new.violation_count, old.violation_count, inv_map),

@@ -114,8 +114,11 @@ def recovering_step(ex, state: State, attempt) -> State:
     failed, kind, who = failure(ex, state, cand)
     attempts = jnp.asarray(1, jnp.int32)
     # what every attempt recorded: counts add up, first/last steps are this step's
-    tally = (cand.invalid_proposals, cand.invalid_first_step, cand.violation_count,
-             cand.violation_first_step, cand.violation_last_step)
+    counters = lambda s: (s.invalid_proposals, s.invalid_first_step, s.violation_count,
+                          s.violation_first_step, s.violation_last_step, s.nonfinite_resolved,
+                          s.nonfinite_first_step)
+    kinds = ("count", "first", "count", "first", "last", "count", "first")
+    tally = counters(cand)
     for r in range(1, rec.retries + 1):
         def retry(_, r=r):
             return attempt(state, r)
@@ -123,18 +126,15 @@ def recovering_step(ex, state: State, attempt) -> State:
         again = jax.lax.cond(failed, retry, lambda c: c, cand)
         ran = failed
         attempts = attempts + ran.astype(jnp.int32)
-        tally = (
-            tally[0] + jnp.where(ran, again.invalid_proposals - state.invalid_proposals, 0),
-            jnp.where(tally[1] >= 0, tally[1], again.invalid_first_step),
-            tally[2] + jnp.where(ran, again.violation_count - state.violation_count, 0),
-            jnp.where(tally[3] >= 0, tally[3], again.violation_first_step),
-            jnp.maximum(tally[4], again.violation_last_step),
+        tally = tuple(
+            total + jnp.where(ran, now - was, 0) if kind == "count"
+            else jnp.where(total >= 0, total, now) if kind == "first"
+            else jnp.maximum(total, now)
+            for kind, total, now, was in zip(kinds, tally, counters(again), counters(state))
         )
         cand = again
         still, _, _ = failure(ex, state, cand)
         failed = failed & still
-    counters = lambda s: (s.invalid_proposals, s.invalid_first_step, s.violation_count,
-                          s.violation_first_step, s.violation_last_step)
     cand = eqx.tree_at(counters, cand, tally)
     # every attempt failed: keep the previous world, skip the step, keep the counters
     rolled = eqx.tree_at(

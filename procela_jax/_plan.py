@@ -68,6 +68,11 @@ class TracePlan:
       conditional on a runtime ``True`` (``_hints.fence``).
     - ``hash``: the threefry lowering: ``"default"`` (JAX's), ``"unrolled"`` or
       ``"batched"`` (``_jit``).
+    - ``commit``: ``"joined"`` commits the variables that have joined
+      (``State.joined``: each step adds those with a writer enabled);
+      ``"writable"`` commits every written variable, which is the same once
+      all of them have joined, and lets XLA drop the per-variable masks. It is
+      chosen only for a run that starts with every written variable joined.
 
     >>> import procela_jax as pj
     >>> ex = pj.demos.sir.make_executive()
@@ -84,11 +89,12 @@ class TracePlan:
     materialize: bool = False
     fence: bool = False
     hash: Literal["default", "unrolled", "batched"] = "default"
+    commit: Literal["joined", "writable"] = "joined"
 
     def __post_init__(self):
         for name, allowed in (("slots", ("static", "gather")), ("resolution", ("stacked", "by_variable")),
                               ("memory", ("blend", "scatter")), ("stats", ("stacked", "columns")),
-                              ("hash", ("default", "unrolled", "batched"))):
+                              ("hash", ("default", "unrolled", "batched")), ("commit", ("joined", "writable"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TracePlan.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not isinstance(self.family_members, int) or self.family_members < 1:
@@ -99,11 +105,14 @@ class TracePlan:
         return dataclasses.replace(self, **changes)
 
 
-def choose_plan(ex, *, batch: int | None = None, backend: str | None = None, traced: bool = False) -> TracePlan:
+def choose_plan(ex, *, batch: int | None = None, backend: str | None = None, traced: bool = False,
+                all_joined: bool = False) -> TracePlan:
     """The plan for ``ex``: a single run (``batch=None``) or a sweep of ``batch``
     scenarios per device, on ``backend`` (default: JAX's default backend).
     ``traced``: the run is itself inside a transformation (``grad``, ``vmap``, an
-    outer ``jit``), whose lowering the engine does not choose.
+    outer ``jit``), whose lowering the engine does not choose. ``all_joined``:
+    every written variable of the state(s) the run starts from has joined
+    (``State.joined``).
 
     >>> import procela_jax as pj
     >>> plan = pj.choose_plan(pj.demos.sir.make_executive())
@@ -133,6 +142,7 @@ def choose_plan(ex, *, batch: int | None = None, backend: str | None = None, tra
         materialize=batched and cpu,
         fence=batched and by_variable and cpu,
         hash=hash_,
+        commit="writable" if all_joined else "joined",
     )
 
 

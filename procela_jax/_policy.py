@@ -96,7 +96,8 @@ def _weighted_mean(total, v, w, wsum):
     """``total(v * w) / wsum`` (``w=None``: ``total(v) / wsum``), computed on
     scaled products (see ``_SUM_SCALE``)."""
     down = jnp.asarray(_SUM_SCALE, wsum.dtype)
-    terms = [a * down for a in v] if w is None else [unfused(a * b * down) for a, b in zip(v, w)]
+    # unfused: XLA would otherwise factor the scale out of the sum (a*s + b*s -> (a+b)*s)
+    terms = [unfused(a * down) for a in v] if w is None else [unfused(a * b * down) for a, b in zip(v, w)]
     return _safe_div(total(terms), wsum) / down
 
 

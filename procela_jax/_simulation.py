@@ -9,7 +9,7 @@ import warnings
 import jax
 import numpy as np
 
-from ._errors import EventHandlerError, InvalidProposalError, InvariantViolationFatal
+from ._errors import EventHandlerError, InvalidProposalError, InvariantViolationFatal, NonFiniteResolutionError
 from ._executive import Executive
 from ._invariant import InvariantPhase
 from ._save import Save
@@ -35,8 +35,9 @@ class Simulation:
 
     ``seed=s`` means ``jax.random.key(s)``. ``run`` continues from the current
     state and raises, with names, what the core recorded: a FATAL invariant
-    (:class:`InvariantViolationFatal`) or invalid proposals
-    (:class:`InvalidProposalError`); out-of-domain events raise a warning.
+    (:class:`InvariantViolationFatal`), invalid proposals
+    (:class:`InvalidProposalError`) or a non-finite resolved value
+    (:class:`NonFiniteResolutionError`); out-of-domain events raise a warning.
     ``history(name)`` starts with the initial value (the first record) and holds
     every value committed after it: after a FATAL halt, nothing past the halt
     (a POST invariant's step committed; a PRE or RUNTIME invariant's did not). A
@@ -159,7 +160,7 @@ class Simulation:
                 bar.close()
         try:
             self._raise_recorded(before)
-        except (InvariantViolationFatal, InvalidProposalError) as e:
+        except (InvariantViolationFatal, InvalidProposalError, NonFiniteResolutionError) as e:
             self._emit("error", e, self.step)
             raise
 
@@ -169,13 +170,21 @@ class Simulation:
         later steps ran as no-ops. A POST invariant halts after its step's commit."""
         if not bool(self.state.halted):
             return n
-        inv = self.executive.invariants[int(self.state.halted_by)]
-        last = int(self.state.halted_at) + (inv.phase is InvariantPhase.POST)
+        inv = self._halting()
+        last = int(self.state.halted_at) + (inv is not None and inv.phase is InvariantPhase.POST)
         return max(0, min(n, last - first))
 
     def _fatal(self, note: str = "") -> InvariantViolationFatal:
-        inv = self.executive.invariants[int(self.state.halted_by)]
+        inv = self._halting()
+        if inv is None:
+            return InvariantViolationFatal("<removed>", "the invariant that halted the world was removed since"
+                                           + note, int(self.state.halted_at))
         return InvariantViolationFatal(inv.name, inv.message + note, int(self.state.halted_at))
+
+    def _halting(self):
+        """The invariant that halted the world (None if it was removed since)."""
+        i = int(self.state.halted_by)
+        return self.executive.invariants[i] if i >= 0 else None
 
     def _raise_recorded(self, before: State) -> None:
         s = self.state
@@ -187,6 +196,12 @@ class Simulation:
             i = int(np.argmax(new_invalid > 0))
             raise InvalidProposalError(
                 layout.mechanisms[i], int(np.asarray(s.invalid_first_step)[i]), int(np.asarray(s.invalid_proposals)[i])
+            )
+        new_nonfinite = np.asarray(s.nonfinite_resolved) - np.asarray(before.nonfinite_resolved)
+        if np.any(new_nonfinite > 0):
+            i = int(np.argmax(new_nonfinite > 0))
+            raise NonFiniteResolutionError(
+                layout.variables[i], int(np.asarray(s.nonfinite_first_step)[i]), int(np.asarray(s.nonfinite_resolved)[i])
             )
         new_domain = np.asarray(s.domain_violations) - np.asarray(before.domain_violations)
         if np.any(new_domain > 0):

@@ -44,7 +44,13 @@ class State(eqx.Module):
     (``enabled``, ``invalid_proposals``) or by invariant (``violation_count``,
     ``invariant_active``). ``failures`` is the bounded log of failed steps,
     ``audit`` (when the executive was built with ``audit=True``) the hypotheses
-    and the deciding source of the last step, and ``aux`` governance's own state. Read them by name with the accessors below; change them
+    and the deciding source of the last step, and ``aux`` governance's own state.
+    ``joined`` marks the variables that steps commit: a written variable joins
+    when a state is made (``init``, ``carry_over``) with one of its writers
+    enabled, or at the first resolution where one is, and stays.
+    ``nonfinite_resolved`` counts, per variable, resolutions that gave a
+    non-finite value from valid hypotheses (``nonfinite_first_step``: the first
+    such step). Read them by name with the accessors below; change them
     with the methods, which return a new state and take an optional traced
     ``when=`` condition, so governance can use them inside ``jit``.
 
@@ -81,6 +87,9 @@ class State(eqx.Module):
     failures: FailureLog
     audit: dict | None
     aux: PyTree[Any]
+    joined: Array
+    nonfinite_resolved: Array
+    nonfinite_first_step: Array
     layout: Layout = eqx.field(static=True)
 
     # ---- reading -----------------------------------------------------------------
@@ -111,6 +120,11 @@ class State(eqx.Module):
         if isinstance(i, np.ndarray):
             return jnp.all(self.enabled[..., i], axis=-1)
         return self.enabled[..., i]
+
+    def is_joined(self, name) -> Array:
+        """Whether steps commit the variable (one of its writers has been enabled
+        at a resolution)."""
+        return self.joined[..., self.layout.var(name)]
 
     def policy_index(self, name) -> Array:
         """Index of the variable's active policy among its candidates."""

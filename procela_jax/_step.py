@@ -7,6 +7,9 @@ Every function here takes the executive, the state and a :class:`TracePlan`
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -52,8 +55,13 @@ def step_impl(ex, state: State, plan: TracePlan, gate=None, retry=None, stacked=
     # 3. RUNTIME invariants see the pending hypotheses; 4. each variable's active policy resolves
     state, before, (res_v, res_c, has_value, source), audit = resolve(
         ex, plan, gate, state, before, t, guarded, props)
-    # 5. domain enforcement and commit (every writable variable, even without hypotheses)
-    commit = jnp.asarray(np.asarray(layout.writable, bool))
+    # 5. domain enforcement and commit (every joined variable, even without hypotheses)
+    if plan.commit == "writable":  # every written variable has joined (checked by the caller)
+        commit = jnp.asarray(np.asarray(layout.writable, bool))
+    else:
+        commit = join(ex, state)
+        state = eqx.tree_at(lambda s: s.joined, state, commit)
+    state = count_nonfinite(state, commit & has_value & ~jnp.isfinite(res_v), t)
     state = commit_records(state, commit, has_value, res_v, res_c, source, record_step=t + 1, plan=plan)
     if ex.audit:
         audit["source"] = jnp.where(has_value, source, -3).astype(jnp.int32)
@@ -67,6 +75,50 @@ def step_impl(ex, state: State, plan: TracePlan, gate=None, retry=None, stacked=
     if guard:
         state = tree_where(start.halted, start, state)
     return state
+
+
+def join(ex, state: State):
+    """The variables this step commits: those joined before, and those with a
+    writer enabled now (after the RUNTIME invariants, which may enable one). A
+    mechanism declared ``enabled=False`` and enabled later brings its variables in
+    from that step, as one added at run time does in the original."""
+    return state.joined | writer_enabled(ex, state.enabled)
+
+
+def writer_enabled(ex, enabled):
+    """Per variable: is one of its writers enabled (``enabled``: per mechanism; a
+    NumPy array gives a NumPy answer)?"""
+    xp = np if isinstance(enabled, np.ndarray) else jnp
+    slot_mech = np.asarray(ex.tables.slot_mech, np.int32).reshape(len(ex.layout.variables), -1)
+    if not slot_mech.size:
+        return xp.zeros(enabled.shape[:-1] + (len(ex.layout.variables),), bool)
+    on = xp.where(slot_mech >= 0, enabled[..., np.maximum(slot_mech, 0)], False)
+    return functools.reduce(operator.or_, [on[..., j] for j in range(on.shape[-1])])  # elementwise: fuses
+
+
+def all_joined(ex, state: State) -> bool:
+    """Has every written variable of ``state`` (concrete; a batch or one) joined?"""
+    writable = np.asarray(ex.layout.writable, bool)
+    return bool(np.all(np.asarray(state.joined) | ~writable))
+
+
+def joined_at_init(ex) -> np.ndarray:
+    """The variables ``ex.init`` marks joined: those with a writer declared enabled."""
+    return writer_enabled(ex, np.asarray([m.enabled for m in ex.mechanisms], bool).reshape(-1))
+
+
+def starts_joined(ex) -> bool:
+    """Does ``ex.init`` join every written variable? (Then so has every state that
+    descends from it by steps: a variable never leaves.)"""
+    return bool(np.all(joined_at_init(ex) | ~np.asarray(ex.layout.writable, bool)))
+
+
+def count_nonfinite(state: State, bad, t) -> State:
+    """Count resolutions that gave a non-finite value (``bad``, per variable) as
+    invalid proposals are counted: the total and the first step."""
+    first = jnp.where(bad & (state.nonfinite_first_step < 0), t, state.nonfinite_first_step)
+    return eqx.tree_at(lambda s: (s.nonfinite_resolved, s.nonfinite_first_step), state,
+                       (state.nonfinite_resolved + bad.astype(jnp.int32), first))
 
 
 def advance(ex, state: State, plan: TracePlan, gate=None, stacked=None) -> State:

@@ -14,6 +14,7 @@ from ._errors import ModelError
 from ._executive import Executive
 from ._paths import parameter
 from ._plan import VALUES_BUDGET, TracePlan, choose_plan, lowering
+from ._step import starts_joined
 from ._save import Save, Trajectory
 from ._state import State
 from ._step import run_impl
@@ -403,7 +404,9 @@ class _Runner:
         # fences (_hints.fence) are conditionals on this: on the CPU only, where
         # they save work; elsewhere a conditional reads its predicate on the host
         on_cpu = placement.mesh.devices.flat[0].platform == "cpu"
-        self.trace_plan = choose_plan(ex, batch=placement.chunk, backend="cpu" if on_cpu else "gpu")
+        # every scenario starts from ex.init
+        self.trace_plan = choose_plan(ex, batch=placement.chunk, backend="cpu" if on_cpu else "gpu",
+                                      all_joined=starts_joined(ex))
         self.gate = placement.put_replicated(np.asarray(True)) if self.trace_plan.fence else None
         from tqdm.auto import tqdm
 

@@ -52,9 +52,36 @@ def test_files_written_by_an_earlier_version_still_load():
     rows = pj.load_checkpoint(os.path.join(DATA, "sir_2rows_step7_format1.ckpt"), ex)
     keys = jax.random.split(jax.random.key(4), 2)
     assert_same_state(rows, jax.vmap(lambda k: ex.run(ex.init(k), 7)[0])(keys))
+    # format 1 had no joined flags and no non-finite counters: written variables are
+    # joined (format 1 committed them from the start), the counters zero
+    assert np.asarray(rows.joined).tolist() == [[True] * 3] * 2
+    assert int(np.asarray(rows.nonfinite_resolved).sum()) == 0
+    assert np.asarray(rows.nonfinite_first_step).tolist() == [[-1] * 3] * 2
     other = pj.Executive(variables=[pj.Variable("S"), pj.Variable("I"), pj.Variable("R")], mechanisms=[])
     with pytest.raises(pj.CheckpointError, match="different model"):
         pj.load_checkpoint(os.path.join(DATA, "sir_seed3_step7_format1.ckpt"), other)
+
+
+def test_a_file_of_a_newer_format_is_refused(sir, saved):
+    path, raw = saved
+    _rewrite_header(path, raw, format_version=pj._checkpoint.FORMAT_VERSION + 1)
+    with pytest.raises(pj.CheckpointError, match="format version 3 is not supported.*newer procela_jax"):
+        pj.load_checkpoint(path, sir)
+
+
+def test_a_world_whose_variables_have_not_all_joined_round_trips(tmp_path):
+    X, Y = pj.Variable("X", init=1.0), pj.Variable("Y", init=2.0)
+
+    class Copy(pj.Mechanism):
+        def transform(self, values, key):
+            return {self.writes[0]: pj.VariableRecord(values[self.reads[0]] + 1.0, confidence=1.0)}
+
+    ex = pj.Executive(variables=[X, Y], mechanisms=[Copy(reads=[X], writes=[X], name="a"),
+                                                    Copy(reads=[X], writes=[Y], name="b", enabled=False)])
+    state, _ = ex.run(ex.init(jax.random.key(0)), 3)
+    assert np.asarray(state.joined).tolist() == [True, False]
+    loaded = pj.load_checkpoint(pj.save_checkpoint(tmp_path / "w.ckpt", state), ex)
+    assert_same_state(state, loaded)
 
 
 def test_loading_into_another_model_fails(sir, tmp_path):

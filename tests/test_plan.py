@@ -13,7 +13,7 @@ import pytest
 import procela_jax as pj
 from conftest import host_leaves
 from procela_jax._plan import BY_VARIABLE_SLOTS, STATIC_SLOTS, lowering
-from procela_jax._step import run_impl
+from procela_jax._step import all_joined, run_impl
 
 STEPS = 9
 #: the plainest form: every mechanism traced alone, static slots, stacked
@@ -151,7 +151,21 @@ def wide(n_vars, n_mechs, cls=Spread):
     return pj.Executive(variables=vs, mechanisms=ms)
 
 
+def joining():
+    """Variables that join mid-run: one through the pre-step hook, one through a
+    RUNTIME handler (committed from that very step, before its writer proposes)."""
+    vs = [pj.Variable(n, pj.RangeDomain(-50.0, 50.0), init=float(i + 1), memory=3) for i, n in enumerate("xyz")]
+    ms = [Pull(rate=0.2, name="px", reads=["x", "y"], writes=["x"]),
+          Pull(rate=0.3, name="late", reads=["y", "x"], writes=["y"], enabled=False),
+          Pull(rate=0.4, name="later", reads=["z", "x"], writes=["z"], enabled=False)]
+    call = pj.SystemInvariant("call", lambda v: v.step != 4, on_violation=lambda s, v: s.enable("later"),
+                              phase=pj.InvariantPhase.RUNTIME, severity=pj.InvariantSeverity.WARNING)
+    return pj.Executive(variables=vs, mechanisms=ms, invariants=[call],
+                        pre_step=lambda s, t: s.enable("late", when=t == 2).disable("late", when=t == 6))
+
+
 ZOO = {
+    "joining": joining,
     "ring": lambda: ring(6),
     "governed": governed,
     "recovering": recovering,
@@ -167,13 +181,15 @@ ZOO = {
 SINGLE = [
     PLAIN.replace(family_members=1, slots="gather"),
     PLAIN.replace(memory="scatter", block_rows=True, stats="columns"),
+    PLAIN.replace(commit="writable"),
     PLAIN.replace(family_members=1, slots="gather", memory="scatter", stats="columns", block_rows=True,
-                  materialize=True, hash="unrolled"),
+                  materialize=True, hash="unrolled", commit="writable"),
 ]
 #: batched runs (vmap over scenarios), against PLAIN under the same vmap
 BATCHED = [
     PLAIN.replace(resolution="by_variable", fence=True, materialize=True, family_members=1),
-    PLAIN.replace(memory="scatter", stats="columns", materialize=True, slots="gather", hash="batched"),
+    PLAIN.replace(memory="scatter", stats="columns", materialize=True, slots="gather", hash="batched",
+                  commit="writable"),
 ]
 
 
@@ -218,6 +234,12 @@ def _check(name, dtype, single=SINGLE, batched=BATCHED):
         single = [p.replace(slots="gather") for p in single]
     plain = _single(ex, base, state)
     for plan in single:
+        if plan.commit == "writable" and not all_joined(ex, state):
+            # valid from a state whose written variables have all joined: the end of the run
+            later = plain[0]
+            if all_joined(ex, later):
+                _same(_single(ex, base, later), _single(ex, plan, later), f"{name} {plan} from step {STEPS}")
+            continue
         _same(plain, _single(ex, plan, state), f"{name} {plan}")
     if name in ("governed", "wide_1056_slots"):  # (audit and validators: no batched form of its own)
         return
@@ -226,6 +248,8 @@ def _check(name, dtype, single=SINGLE, batched=BATCHED):
     for plan in batched:
         if plan.resolution == "by_variable" and len(ex.tables.slot_prop) * len(ex.tables.slot_prop[0]) > BY_VARIABLE_SLOTS:
             continue  # unrolled per slot: the plan never chooses it for such models
+        if plan.commit == "writable" and not all_joined(ex, states):
+            plan = plan.replace(commit="joined")
         _same(base, _batched(ex, plan, states), f"{name} batched {plan}")
 
 
@@ -234,7 +258,7 @@ def test_every_form_gives_the_same_bits_float32(name):
     _check(name, "float32")
 
 
-@pytest.mark.parametrize("name", ["ring", "governed", "categorical", "wide_70_slots"])
+@pytest.mark.parametrize("name", ["ring", "governed", "joining", "categorical", "wide_70_slots"])
 def test_every_form_gives_the_same_bits_float64(name, x64):
     # every choice away from the plainest form at once (the float32 runs take them one by one)
     _check(name, "float64", SINGLE[-1:], BATCHED[:1])
@@ -256,6 +280,12 @@ def test_the_zoo_covers_what_the_plan_distinguishes():
     # classes interleave in declaration order
     classes = [type(m).__name__ for m in ring_.mechanisms]
     assert classes.index("Spread") < max(i for i, c in enumerate(classes) if c == "Pull")
+    # variables join mid-run (by a hook and by a RUNTIME handler), one never does
+    late = exs["joining"]
+    state = late.init(jax.random.key(0))
+    assert not all_joined(late, state) and all_joined(late, late.run(state, STEPS)[0])
+    governed_end = exs["governed"].run(exs["governed"].init(jax.random.key(0)), STEPS)[0]
+    assert not bool(governed_end.is_joined("v4"))
     assert pj.choose_plan(exs["wide_70_slots"], batch=100).resolution == "stacked"
     assert pj.choose_plan(exs["recovering"], batch=100).resolution == "by_variable"
 
@@ -265,8 +295,10 @@ def test_the_engine_chooses_forms_the_harness_runs():
     forms = [PLAIN, *SINGLE, *BATCHED]
     for make in ZOO.values():
         ex = make()
-        for plan in (pj.choose_plan(ex), pj.choose_plan(ex, batch=64), pj.choose_plan(ex, traced=True)):
-            for field in ("slots", "resolution", "memory", "stats", "block_rows", "materialize", "fence", "hash"):
+        for plan in (pj.choose_plan(ex), pj.choose_plan(ex, batch=64), pj.choose_plan(ex, traced=True),
+                     pj.choose_plan(ex, all_joined=True), pj.choose_plan(ex, batch=64, all_joined=True)):
+            for field in ("slots", "resolution", "memory", "stats", "block_rows", "materialize", "fence", "hash",
+                          "commit"):
                 assert getattr(plan, field) in {getattr(f, field) for f in forms}, (field, plan)
 
 
@@ -275,6 +307,19 @@ def test_a_plan_is_printable_and_checked():
     assert "TracePlan(" in repr(plan) and "slots=" in repr(plan)
     with pytest.raises(ValueError, match="resolution"):
         pj.TracePlan(resolution="sideways")
+
+
+def test_the_plan_commits_every_written_variable_only_once_all_have_joined():
+    ex = joining()
+    state = ex.init(jax.random.key(0))
+    assert ex.run(state, 1, plan=None)  # chosen: commit="joined"
+    from procela_jax._executive import _plan_for
+    assert _plan_for(ex, state, None).commit == "joined"
+    later = ex.run(state, STEPS)[0]
+    assert _plan_for(ex, later, None).commit == "writable"
+    assert _plan_for(ring(4), ring(4).init(jax.random.key(0)), None).commit == "writable"
+    with pytest.raises(ValueError, match=r"commit='writable' needs every written variable joined; \['y', 'z'\]"):
+        ex.run(state, 1, plan=PLAIN.replace(commit="writable"))
 
 
 def test_a_step_stacks_families_as_a_run_does():

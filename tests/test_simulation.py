@@ -157,6 +157,20 @@ def test_a_halted_simulation_raises_again_naming_the_invariant_and_step():
     assert sim.value("X") == 2.0
 
 
+def test_a_halted_simulation_still_names_its_invariant_after_a_structure_change():
+    sim = pj.Simulation(_capped(pj.InvariantPhase.POST))
+    with pytest.raises(pj.InvariantViolationFatal):
+        sim.run(steps=10)
+    # the halting invariant keeps its name when others are added before or after it
+    sim.add_invariant(pj.SystemInvariant("watch", lambda s: s["X"] < 100.0))
+    with pytest.raises(pj.InvariantViolationFatal, match=r"'cap' violated at step 2"):
+        sim.run(steps=1)
+    sim.remove_invariant("cap")
+    assert bool(sim.state.halted) and int(sim.state.halted_by) == -1
+    with pytest.raises(pj.InvariantViolationFatal, match=r"'<removed>' violated at step 2: .*was removed"):
+        sim.run(steps=1)
+
+
 def test_restoring_a_checkpoint_taken_before_a_structure_change(sir):
     """The checkpoint brings back the mechanisms (and their flags) it was taken with, as
     the original does; the replay equals a simulation that never changed."""

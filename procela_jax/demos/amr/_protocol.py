@@ -12,6 +12,8 @@ import numpy as np
 from ..._errors import ModelError
 from ..._executive import Executive
 from ..._jit import lean_jit
+from ..._plan import choose_plan
+from ..._step import starts_joined
 from . import _governance, _model
 
 #: Governance settings, in the original's order, and the units each one switches on
@@ -188,7 +190,9 @@ def _batch(ex, streams, keys, flags, steps):
     states = jax.vmap(lambda st, k, on: _start(ex, st, k, on), in_axes=(None if streams is None else 0, 0, 0))(
         streams, keys, flags
     )
-    return jax.vmap(lambda s: _summary(ex, ex.run(s, steps, save=None)[0]))(states)
+    # every run starts from ex.init: if that joins every written variable, so do all steps
+    plan = choose_plan(ex, traced=True, all_joined=starts_joined(ex))
+    return jax.vmap(lambda s: _summary(ex, ex.run(s, steps, save=None, plan=plan)[0]))(states)
 
 
 def run_protocol(seeds=range(50), steps: int = 160, noise: str = "numpy", *, settings=SETTINGS,

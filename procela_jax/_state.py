@@ -122,8 +122,8 @@ class State(eqx.Module):
         return self.enabled[..., i]
 
     def is_joined(self, name) -> Array:
-        """Whether steps commit the variable (one of its writers has been enabled
-        at a resolution)."""
+        """Whether steps commit the variable: one of its writers was enabled when
+        the state was made, or at a resolution since."""
         return self.joined[..., self.layout.var(name)]
 
     def policy_index(self, name) -> Array:

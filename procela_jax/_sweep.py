@@ -14,10 +14,9 @@ from ._errors import ModelError
 from ._executive import Executive
 from ._paths import parameter
 from ._plan import VALUES_BUDGET, TracePlan, choose_plan, lowering
-from ._step import starts_joined
 from ._save import Save, Trajectory
 from ._state import State
-from ._step import run_impl
+from ._step import run_impl, starts_joined
 from ._sweep_inputs import _inputs
 from ._sweep_plan import _DEFAULT, _block_plan, _placement, _save_spec, _stat_key, _summary_spec
 

@@ -14,6 +14,7 @@ import numbers
 from collections.abc import Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from ._errors import ModelError
 
@@ -21,6 +22,23 @@ from ._errors import ModelError
 def _is_number(v) -> bool:
     """A real number: a Python ``int``/``float`` or a NumPy scalar such as ``np.float32``."""
     return isinstance(v, numbers.Real)
+
+
+def _subnormal(*xs, differences: bool = False) -> bool:
+    """Is one of ``xs`` a subnormal number in the engine's float (``differences``:
+    or so small that a difference of two of them can be)? XLA's CPU code treats
+    subnormals as zero in arithmetic and comparisons, so the Python forms of the
+    domains leave such numbers to the array forms."""
+    info = np.finfo(jnp.result_type(float))
+    limit = float(info.tiny) * (2.0 ** (info.nmant + 1) if differences else 1.0)
+    return any(x is not None and 0.0 < abs(_engine_float(x)) < limit for x in xs)
+
+
+def _engine_float(x: float) -> float:
+    """``x`` rounded to the engine's float (``float32``, or ``float64`` with
+    ``jax_enable_x64``), as ``jnp.asarray(x, dtype=float)`` rounds it."""
+    with np.errstate(over="ignore"):  # beyond the float32 range: inf, as in JAX
+        return float(np.asarray(x, dtype=jnp.result_type(float)))
 
 
 class Domain:
@@ -41,8 +59,15 @@ class Domain:
         raise NotImplementedError
 
     def contains_python(self, x: float) -> bool:
-        """``contains`` for a plain Python number, used at build time."""
+        """``contains`` for a plain Python number, used at build time. The built-in
+        domains compute it in Python, in the engine's float (an array operation run
+        eagerly compiles a small program first: tenths of a second per model)."""
         return bool(self.contains(jnp.asarray(x, dtype=float)))
+
+    def project_python(self, x: float) -> float:
+        """``project`` for a plain Python number, used at build time (computed in
+        Python by the built-in domains, as :meth:`contains_python`)."""
+        return float(self.project(jnp.asarray(x, dtype=float)))
 
     def encode(self, x):
         """Turn a user-facing value (e.g. a category label) into its number."""
@@ -64,8 +89,17 @@ class RealDomain(Domain):
     def contains(self, x):
         return ~jnp.isnan(x)
 
+    def contains_python(self, x: float) -> bool:
+        return not math.isnan(x)
+
     def project(self, x):
         return jnp.where(jnp.isnan(x), 0.0, x)
+
+    def project_python(self, x: float) -> float:
+        if _subnormal(x):
+            return super().project_python(x)
+        v = _engine_float(x)
+        return 0.0 if math.isnan(v) else v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +132,30 @@ class RangeDomain(Domain):
             ok = ok & (x <= self.hi)
         return ok
 
+    def contains_python(self, x: float) -> bool:
+        if _subnormal(x, self.lo, self.hi):
+            return super().contains_python(x)
+        v = _engine_float(x)
+        return (not math.isnan(v) and (self.lo is None or v >= _engine_float(self.lo))
+                and (self.hi is None or v <= _engine_float(self.hi)))
+
     def project(self, x):
         x = jnp.where(jnp.isnan(x), self.lo if self.lo is not None else 0.0, x)
         return jnp.clip(x, self.lo, self.hi)
+
+    def project_python(self, x: float) -> float:
+        if _subnormal(x, self.lo, self.hi):
+            return super().project_python(x)
+        v = _engine_float(x)
+        lo = None if self.lo is None else _engine_float(self.lo)
+        hi = None if self.hi is None else _engine_float(self.hi)
+        if math.isnan(v):
+            v = lo if lo is not None else 0.0
+        if lo is not None and v < lo:
+            v = lo
+        if hi is not None and v > hi:
+            v = hi
+        return v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,12 +209,26 @@ class CategoricalDomain(Domain):
         codes = jnp.asarray(self.codes, dtype=jnp.result_type(x, float))
         return jnp.any(x[..., None] == codes, axis=-1)
 
+    def contains_python(self, x: float) -> bool:
+        if _subnormal(x, *self.codes):
+            return super().contains_python(x)
+        v = _engine_float(x)
+        return any(v == _engine_float(c) for c in self.codes)
+
     def project(self, x):
         x = jnp.asarray(x)
         codes = jnp.asarray(self.codes, dtype=jnp.result_type(x, float))
         x = jnp.where(jnp.isnan(x), codes[0], x)
         nearest = jnp.argmin(jnp.abs(x[..., None] - codes), axis=-1)
         return codes[nearest]
+
+    def project_python(self, x: float) -> float:
+        if _subnormal(x, *self.codes, differences=True):
+            return super().project_python(x)
+        codes = np.asarray(self.codes, dtype=jnp.result_type(float))
+        v = np.asarray(x, dtype=codes.dtype) if not math.isnan(x) else codes[0]
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(codes[int(np.argmin(np.abs(v - codes)))])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,6 +285,15 @@ class StatisticalDomain(Domain):
         mean, std = jnp.where(ok, mean, 0), jnp.where(ok, std, 0)
         return ok, mean - self.k * std, mean + self.k * std
 
+    def contains_python(self, x: float) -> bool:
+        return not math.isnan(x)  # no statistics at build time: every number
+
+    def project_python(self, x: float) -> float:
+        if _subnormal(x):
+            return super().project_python(x)
+        v = _engine_float(x)
+        return 0.0 if math.isnan(v) else v
+
     def contains(self, x, stats=None):
         x = jnp.asarray(x)
         inside = ~jnp.isnan(x)
@@ -263,6 +341,14 @@ class CompositeDomain(Domain):
     @property
     def uses_stats(self) -> bool:
         return any(p.uses_stats for p in self.parts)
+
+    def contains_python(self, x: float) -> bool:
+        return all(p.contains_python(x) for p in self.parts)
+
+    def project_python(self, x: float) -> float:
+        for p in self.parts:
+            x = p.project_python(x)
+        return x
 
     def contains(self, x, stats=None):
         def one(p):

@@ -103,7 +103,7 @@ class Variable:
                 f"{where}: init_confidence must lie in [0, 1], got {self.init_confidence}"
             )
         if self.init is None:
-            init = float(self.domain.project(jnp.asarray(0.0)))
+            init = self.domain.project_python(0.0)
         else:
             init = self.encode(self.init)
         object.__setattr__(self, "init", init)

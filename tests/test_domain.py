@@ -176,3 +176,49 @@ def test_numpy_scalars_are_numbers():
     c = pj.CategoricalDomain([np.int64(1), np.int64(3)])
     assert not c.labels and c.codes == (1.0, 3.0) and c.encode(np.int64(3)) == 3
     assert pj.StatisticalDomain(k=np.float32(2.0)).k == 2.0
+
+
+# ---- build-time membership, computed in Python ---------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e3, 1e3),
+                     st.sampled_from([0.1, 0.2, 1.0, 1e-46, 3.4e38, 3.5e38, -0.0, 1.0000001]))
+_DOMAINS = st.one_of(
+    st.just(pj.RealDomain()),
+    st.builds(lambda a, b: pj.RangeDomain(min(a, b), max(a, b)), _NUMBERS.filter(math.isfinite),
+              _NUMBERS.filter(math.isfinite)),
+    st.builds(lambda a: pj.RangeDomain(a, None), _NUMBERS.filter(math.isfinite)),
+    st.builds(pj.CategoricalDomain, st.lists(_NUMBERS.filter(math.isfinite), min_size=1, max_size=4, unique=True)),
+    st.just(pj.BooleanDomain()),
+    st.just(pj.StatisticalDomain(k=2.0)),
+    st.builds(lambda a, b: pj.RangeDomain(min(a, b), max(a, b)) & pj.CategoricalDomain([0.1, 1.0, 5.0]),
+              _NUMBERS.filter(math.isfinite), _NUMBERS.filter(math.isfinite)),
+)
+
+
+def _python_and_array_membership_agree(domain, x):
+    array = bool(domain.contains(jnp.asarray(x, dtype=float)))
+    assert domain.contains_python(x) == array, (domain, x)
+    projected = float(domain.project(jnp.asarray(x, dtype=float)))
+    assert np.asarray(domain.project_python(x)).tobytes() == np.asarray(projected).tobytes(), (domain, x)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_DOMAINS, _NUMBERS)
+def test_build_time_membership_equals_the_array_form(domain, x):
+    """Variables check (``contains_python``) and by default choose
+    (``project_python(0.0)``) their initial value in Python, without compiling a
+    program; both must equal the array forms on the engine's float, bit for bit."""
+    _python_and_array_membership_agree(domain, x)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_DOMAINS, _NUMBERS)
+def test_build_time_membership_equals_the_array_form_in_float64(domain, x):
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        _python_and_array_membership_agree(domain, x)
+    finally:
+        jax.config.update("jax_enable_x64", previous)

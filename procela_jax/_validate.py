@@ -36,19 +36,24 @@ def check_fields(mechanisms) -> None:
 
 
 def trial_trace(ex) -> None:
-    """Trace what the step calls once on abstract values; name the culprit."""
+    """Trace what the step calls once on abstract values; name the culprit.
+
+    The step is traced whole; only if that fails is each invariant and hook traced
+    alone, to name the one that fails (tracing them first would trace every
+    governance function twice for every model that builds)."""
     state = jax.eval_shape(lambda e: e.init(jax.random.key(0)), ex)
     for fam in ex.tables.families:
         if not fam.batchable:  # a batchable family was traced once, on its template
             for mi in fam.members:
                 _trial_mechanism(ex.mechanisms[mi], state)
-    _trial_governance(ex, state)
+    _trial_schedule(ex, state)
     try:
         jax.eval_shape(lambda e, s: advance(e, s, choose_plan(e)), ex, state)
-    except ModelError:
+    except Exception as e:
+        _trial_governance(ex, state)  # raises, naming the function, if one fails alone
+        if isinstance(e, KeyError):
+            raise ModelError(f"a governance function failed on a trial step: {e.args[0]}") from None
         raise
-    except KeyError as e:
-        raise ModelError(f"a governance function failed on a trial step: {e.args[0]}") from None
 
 
 def _trial_mechanism(mech, state) -> None:
@@ -124,7 +129,7 @@ def _abstract(what: str, fn, *args):
 
 
 def _trial_governance(ex, state) -> None:
-    """Each invariant, hook and the schedule alone, so a failure names its owner."""
+    """Each invariant and hook alone, so a failure names its owner."""
     pending = _pending(ex, state)
     for inv in ex.invariants:
         runtime = inv.phase.name == "RUNTIME"
@@ -145,6 +150,10 @@ def _trial_governance(ex, state) -> None:
         fn = getattr(ex, label)
         if fn is not None:
             _abstract(label, lambda st, fn=fn, label=label: match_types(fn(st, st.step), st, label), state)
+
+
+def _trial_schedule(ex, state) -> None:
+    """The schedule alone: its output's shape is checked (the step would broadcast it)."""
     if ex.schedule is not None:
         out = _abstract("the schedule", lambda st: ex.schedule(View(st)), state)
         m = len(ex.layout.mechanisms)

@@ -62,12 +62,16 @@ class Domain:
         """``contains`` for a plain Python number, used at build time. The built-in
         domains compute it in Python, in the engine's float (an array operation run
         eagerly compiles a small program first: tenths of a second per model)."""
-        return bool(self.contains(jnp.asarray(x, dtype=float)))
+        with np.errstate(over="ignore"):  # beyond the float32 range: inf
+            x = jnp.asarray(x, dtype=float)
+        return bool(self.contains(x))
 
     def project_python(self, x: float) -> float:
         """``project`` for a plain Python number, used at build time (computed in
         Python by the built-in domains, as :meth:`contains_python`)."""
-        return float(self.project(jnp.asarray(x, dtype=float)))
+        with np.errstate(over="ignore"):
+            x = jnp.asarray(x, dtype=float)
+        return float(self.project(x))
 
     def encode(self, x):
         """Turn a user-facing value (e.g. a category label) into its number."""
@@ -144,7 +148,10 @@ class RangeDomain(Domain):
         return jnp.clip(x, self.lo, self.hi)
 
     def project_python(self, x: float) -> float:
-        if _subnormal(x, self.lo, self.hi):
+        # which zero a clip of -0.0 against 0.0 gives is XLA's choice: leave it to XLA
+        negative_zero = any(v is not None and _engine_float(v) == 0 and math.copysign(1.0, _engine_float(v)) < 0
+                            for v in (x, self.lo, self.hi))
+        if negative_zero or _subnormal(x, self.lo, self.hi):
             return super().project_python(x)
         v = _engine_float(x)
         lo = None if self.lo is None else _engine_float(self.lo)
@@ -225,9 +232,9 @@ class CategoricalDomain(Domain):
     def project_python(self, x: float) -> float:
         if _subnormal(x, *self.codes, differences=True):
             return super().project_python(x)
-        codes = np.asarray(self.codes, dtype=jnp.result_type(float))
-        v = np.asarray(x, dtype=codes.dtype) if not math.isnan(x) else codes[0]
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond the float32 range: inf
+            codes = np.asarray(self.codes, dtype=jnp.result_type(float))
+            v = np.asarray(x, dtype=codes.dtype) if not math.isnan(x) else codes[0]
             return float(codes[int(np.argmin(np.abs(v - codes)))])
 
 

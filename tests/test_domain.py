@@ -183,7 +183,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 _NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(-1e3, 1e3),
-                     st.sampled_from([0.1, 0.2, 1.0, 1e-46, 3.4e38, 3.5e38, -0.0, 1.0000001]))
+                     st.sampled_from([0.0, -0.0, 0.1, 0.2, 1.0, 1e-46, 3.4e38, 3.5e38, 1.0000001]))
 _DOMAINS = st.one_of(
     st.just(pj.RealDomain()),
     st.builds(lambda a, b: pj.RangeDomain(min(a, b), max(a, b)), _NUMBERS.filter(math.isfinite),
@@ -198,12 +198,15 @@ _DOMAINS = st.one_of(
 
 
 def _python_and_array_membership_agree(domain, x):
-    array = bool(domain.contains(jnp.asarray(x, dtype=float)))
+    with np.errstate(over="ignore"):  # beyond the float32 range: inf
+        engine = jnp.asarray(x, dtype=float)
+    array = bool(domain.contains(engine))
     assert domain.contains_python(x) == array, (domain, x)
-    projected = float(domain.project(jnp.asarray(x, dtype=float)))
+    projected = float(domain.project(engine))
     assert np.asarray(domain.project_python(x)).tobytes() == np.asarray(projected).tobytes(), (domain, x)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the array form's
 @settings(max_examples=300, deadline=None)
 @given(_DOMAINS, _NUMBERS)
 def test_build_time_membership_equals_the_array_form(domain, x):
@@ -213,6 +216,7 @@ def test_build_time_membership_equals_the_array_form(domain, x):
     _python_and_array_membership_agree(domain, x)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @settings(max_examples=100, deadline=None)
 @given(_DOMAINS, _NUMBERS)
 def test_build_time_membership_equals_the_array_form_in_float64(domain, x):

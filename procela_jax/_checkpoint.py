@@ -31,7 +31,7 @@ from ._errors import CheckpointError
 MAGIC = b"PROCELA_JAX_CHECKPOINT\n"
 FORMAT_VERSION = 2
 #: State fields added by each format version after the first, in field order (at
-#: the end of the state), with what an older file's state gets for them.
+#: the end of the state); ``_upgrade`` fills them in for an older file.
 _ADDED = {2: ("joined", "nonfinite_resolved", "nonfinite_first_step")}
 # this host's name as it appears in temporary file names (no separators)
 _HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"

@@ -24,14 +24,27 @@ def _is_number(v) -> bool:
     return isinstance(v, numbers.Real)
 
 
-def _subnormal(*xs, differences: bool = False) -> bool:
-    """Is one of ``xs`` a subnormal number in the engine's float (``differences``:
-    or so small that a difference of two of them can be)? XLA's CPU code treats
-    subnormals as zero in arithmetic and comparisons, so the Python forms of the
-    domains leave such numbers to the array forms."""
+def _plain(*xs) -> bool:
+    """Can the Python forms of the domains take these numbers (``None`` for no
+    bound)? Not when one is, in the engine's float, ``-0.0``, or so small that it
+    or a difference of two of them is subnormal: XLA's CPU code treats subnormals
+    as zero and chooses the sign of a clipped zero by its own rule, so such
+    numbers are left to the array forms."""
     info = np.finfo(jnp.result_type(float))
-    limit = float(info.tiny) * (2.0 ** (info.nmant + 1) if differences else 1.0)
-    return any(x is not None and 0.0 < abs(_engine_float(x)) < limit for x in xs)
+    limit = float(info.tiny) * 2.0 ** (info.nmant + 1)
+    for x in xs:
+        v = None if x is None else _engine_float(x)
+        if v is not None and (math.copysign(1.0, v) < 0 if v == 0 else abs(v) < limit):
+            return False
+    return True
+
+
+def _nan_to_zero(domain, x: float) -> float:
+    """``project`` of the domains that only replace NaN by 0, in Python."""
+    if not _plain(x):
+        return Domain.project_python(domain, x)
+    v = _engine_float(x)
+    return 0.0 if math.isnan(v) else v
 
 
 def _engine_float(x: float) -> float:
@@ -100,10 +113,7 @@ class RealDomain(Domain):
         return jnp.where(jnp.isnan(x), 0.0, x)
 
     def project_python(self, x: float) -> float:
-        if _subnormal(x):
-            return super().project_python(x)
-        v = _engine_float(x)
-        return 0.0 if math.isnan(v) else v
+        return _nan_to_zero(self, x)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +147,7 @@ class RangeDomain(Domain):
         return ok
 
     def contains_python(self, x: float) -> bool:
-        if _subnormal(x, self.lo, self.hi):
+        if not _plain(x, self.lo, self.hi):
             return super().contains_python(x)
         v = _engine_float(x)
         return (not math.isnan(v) and (self.lo is None or v >= _engine_float(self.lo))
@@ -148,10 +158,7 @@ class RangeDomain(Domain):
         return jnp.clip(x, self.lo, self.hi)
 
     def project_python(self, x: float) -> float:
-        # which zero a clip of -0.0 against 0.0 gives is XLA's choice: leave it to XLA
-        negative_zero = any(v is not None and _engine_float(v) == 0 and math.copysign(1.0, _engine_float(v)) < 0
-                            for v in (x, self.lo, self.hi))
-        if negative_zero or _subnormal(x, self.lo, self.hi):
+        if not _plain(x, self.lo, self.hi):
             return super().project_python(x)
         v = _engine_float(x)
         lo = None if self.lo is None else _engine_float(self.lo)
@@ -217,7 +224,7 @@ class CategoricalDomain(Domain):
         return jnp.any(x[..., None] == codes, axis=-1)
 
     def contains_python(self, x: float) -> bool:
-        if _subnormal(x, *self.codes):
+        if not _plain(x, *self.codes):
             return super().contains_python(x)
         v = _engine_float(x)
         return any(v == _engine_float(c) for c in self.codes)
@@ -230,7 +237,7 @@ class CategoricalDomain(Domain):
         return codes[nearest]
 
     def project_python(self, x: float) -> float:
-        if _subnormal(x, *self.codes, differences=True):
+        if not _plain(x, *self.codes):
             return super().project_python(x)
         with np.errstate(over="ignore", invalid="ignore"):  # beyond the float32 range: inf
             codes = np.asarray(self.codes, dtype=jnp.result_type(float))
@@ -296,10 +303,7 @@ class StatisticalDomain(Domain):
         return not math.isnan(x)  # no statistics at build time: every number
 
     def project_python(self, x: float) -> float:
-        if _subnormal(x):
-            return super().project_python(x)
-        v = _engine_float(x)
-        return 0.0 if math.isnan(v) else v
+        return _nan_to_zero(self, x)
 
     def contains(self, x, stats=None):
         x = jnp.asarray(x)

@@ -24,7 +24,7 @@ from ._recovery import FailureLog, Recovery
 from ._save import Save, Trajectory
 from ._state import State, commit_records
 from ._statistics import Stats
-from ._step import all_joined, joined_at_init, run_jit, step_jit, writer_enabled
+from ._step import joined_at_init, run_jit, step_jit, unjoined, writer_enabled
 from ._theories import Family, build_families
 from ._validate import check_fields, trial_trace
 from ._variable import Variable
@@ -456,16 +456,13 @@ def _plan_for(ex: Executive, state: State, plan: TracePlan | None) -> TracePlan:
     if plan is not None:
         if not isinstance(plan, TracePlan):
             raise TypeError(f"plan must be a procela_jax.TracePlan, got {plan!r}")
-        if (plan.commit == "writable" and not isinstance(state.joined, jax.core.Tracer)
-                and not all_joined(ex, state)):
-            unjoined = [v for v, w, j in zip(ex.layout.variables, ex.layout.writable,
-                                             np.asarray(state.joined).reshape(-1, len(ex.layout.variables)).all(0))
-                        if w and not j]
-            raise ValueError(f"plan commit='writable' needs every written variable joined; {unjoined} "
+        late = [] if isinstance(state.joined, jax.core.Tracer) else unjoined(ex, state.joined)
+        if plan.commit == "writable" and late:
+            raise ValueError(f"plan commit='writable' needs every written variable joined; {late} "
                              "have not (use commit='joined')")
         return plan
     traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((ex, state)))
-    return choose_plan(ex, traced=traced, all_joined=not traced and all_joined(ex, state))
+    return choose_plan(ex, traced=traced, all_joined=not traced and not unjoined(ex, state.joined))
 
 
 def _unique_names(kind: str, items, cls) -> list[str]:

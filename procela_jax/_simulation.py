@@ -189,20 +189,17 @@ class Simulation:
     def _raise_recorded(self, before: State) -> None:
         s = self.state
         layout = s.layout
-        new_invalid = np.asarray(s.invalid_proposals) - np.asarray(before.invalid_proposals)
         if bool(s.halted) and not bool(before.halted):
             raise self._fatal()
-        if np.any(new_invalid > 0):
-            i = int(np.argmax(new_invalid > 0))
-            raise InvalidProposalError(
-                layout.mechanisms[i], int(np.asarray(s.invalid_first_step)[i]), int(np.asarray(s.invalid_proposals)[i])
-            )
-        new_nonfinite = np.asarray(s.nonfinite_resolved) - np.asarray(before.nonfinite_resolved)
-        if np.any(new_nonfinite > 0):
-            i = int(np.argmax(new_nonfinite > 0))
-            raise NonFiniteResolutionError(
-                layout.variables[i], int(np.asarray(s.nonfinite_first_step)[i]), int(np.asarray(s.nonfinite_resolved)[i])
-            )
+        for error, names, count, first in (
+            (InvalidProposalError, layout.mechanisms, "invalid_proposals", "invalid_first_step"),
+            (NonFiniteResolutionError, layout.variables, "nonfinite_resolved", "nonfinite_first_step"),
+        ):
+            now = np.asarray(getattr(s, count))
+            grew = np.flatnonzero(now > np.asarray(getattr(before, count)))
+            if grew.size:
+                i = int(grew[0])
+                raise error(names[i], int(np.asarray(getattr(s, first))[i]), int(now[i]))
         new_domain = np.asarray(s.domain_violations) - np.asarray(before.domain_violations)
         if np.any(new_domain > 0):
             names = [layout.variables[i] for i in np.flatnonzero(new_domain > 0)]

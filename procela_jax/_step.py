@@ -96,10 +96,11 @@ def writer_enabled(ex, enabled):
     return functools.reduce(operator.or_, [on[..., j] for j in range(on.shape[-1])])  # elementwise: fuses
 
 
-def all_joined(ex, state: State) -> bool:
-    """Has every written variable of ``state`` (concrete; a batch or one) joined?"""
-    writable = np.asarray(ex.layout.writable, bool)
-    return bool(np.all(np.asarray(state.joined) | ~writable))
+def unjoined(ex, joined) -> list[str]:
+    """The written variables that have not joined in ``joined`` (concrete; one
+    state's flags or a batch's, where a variable must have joined in every row)."""
+    every = np.asarray(joined).reshape(-1, len(ex.layout.variables)).all(axis=0)
+    return [v for v, w, j in zip(ex.layout.variables, ex.layout.writable, every) if w and not j]
 
 
 def joined_at_init(ex) -> np.ndarray:
@@ -110,7 +111,7 @@ def joined_at_init(ex) -> np.ndarray:
 def starts_joined(ex) -> bool:
     """Does ``ex.init`` join every written variable? (Then so has every state that
     descends from it by steps: a variable never leaves.)"""
-    return bool(np.all(joined_at_init(ex) | ~np.asarray(ex.layout.writable, bool)))
+    return not unjoined(ex, joined_at_init(ex))
 
 
 def count_nonfinite(state: State, bad, t) -> State:

@@ -13,7 +13,7 @@ import pytest
 import procela_jax as pj
 from conftest import host_leaves
 from procela_jax._plan import BY_VARIABLE_SLOTS, STATIC_SLOTS, lowering
-from procela_jax._step import all_joined, run_impl
+from procela_jax._step import run_impl, unjoined
 
 STEPS = 9
 #: the plainest form: every mechanism traced alone, static slots, stacked
@@ -234,10 +234,10 @@ def _check(name, dtype, single=SINGLE, batched=BATCHED):
         single = [p.replace(slots="gather") for p in single]
     plain = _single(ex, base, state)
     for plan in single:
-        if plan.commit == "writable" and not all_joined(ex, state):
+        if plan.commit == "writable" and unjoined(ex, state.joined):
             # valid from a state whose written variables have all joined: the end of the run
             later = plain[0]
-            if all_joined(ex, later):
+            if not unjoined(ex, later.joined):
                 _same(_single(ex, base, later), _single(ex, plan, later), f"{name} {plan} from step {STEPS}")
             continue
         _same(plain, _single(ex, plan, state), f"{name} {plan}")
@@ -248,7 +248,7 @@ def _check(name, dtype, single=SINGLE, batched=BATCHED):
     for plan in batched:
         if plan.resolution == "by_variable" and len(ex.tables.slot_prop) * len(ex.tables.slot_prop[0]) > BY_VARIABLE_SLOTS:
             continue  # unrolled per slot: the plan never chooses it for such models
-        if plan.commit == "writable" and not all_joined(ex, states):
+        if plan.commit == "writable" and unjoined(ex, states.joined):
             plan = plan.replace(commit="joined")
         _same(base, _batched(ex, plan, states), f"{name} batched {plan}")
 
@@ -283,7 +283,7 @@ def test_the_zoo_covers_what_the_plan_distinguishes():
     # variables join mid-run (by a hook and by a RUNTIME handler), one never does
     late = exs["joining"]
     state = late.init(jax.random.key(0))
-    assert not all_joined(late, state) and all_joined(late, late.run(state, STEPS)[0])
+    assert unjoined(late, state.joined) == ["y", "z"] and unjoined(late, late.run(state, STEPS)[0].joined) == []
     governed_end = exs["governed"].run(exs["governed"].init(jax.random.key(0)), STEPS)[0]
     assert not bool(governed_end.is_joined("v4"))
     assert pj.choose_plan(exs["wide_70_slots"], batch=100).resolution == "stacked"
@@ -312,7 +312,6 @@ def test_a_plan_is_printable_and_checked():
 def test_the_plan_commits_every_written_variable_only_once_all_have_joined():
     ex = joining()
     state = ex.init(jax.random.key(0))
-    assert ex.run(state, 1, plan=None)  # chosen: commit="joined"
     from procela_jax._executive import _plan_for
     assert _plan_for(ex, state, None).commit == "joined"
     later = ex.run(state, STEPS)[0]
